@@ -1,0 +1,119 @@
+"""``python -m harness``: run a suite, list what is registered, tabulate estimated memory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from harness.config import ConfigError, OptimizerConfig, load_suite
+from harness.data import DATASETS, PARTITIONS, DataError, PartitionError
+from harness.engine import RunExistsError, run_suite
+from harness.fleet import FLEETS, MB, Device
+from harness.memory import CATEGORIES
+from harness.methods import METHODS, Estimator, MethodContext, TaskSpec
+from harness.models import MODELS, ModelSpec
+from harness.plugins import load_plugins
+from harness.training import NonFiniteLossError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_suite(args.suite, args.set or [])
+    folder = run_suite(cfg, args.out, args.resume)
+    print(f"records: {folder}")
+    print(f"report:  python -m reports {folder}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for title, registry in (("methods", METHODS), ("models", MODELS), ("data sets", DATASETS),
+                            ("partitions", PARTITIONS), ("fleet distributions", FLEETS)):
+        print(f"{title}: {', '.join(registry.names())}")
+    return 0
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input: expected C,H,W such as 3,32,32, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input: expected three positive sizes C,H,W, got {text!r}")
+    return shape
+
+
+def memory_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, int]]]:
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; allowed: {', '.join(MODELS.names())}")
+    shape = parse_shape(args.input)
+    estimator = Estimator(shape, args.classes, args.batch, OptimizerConfig(momentum=args.momentum),
+                          args.steps, torch.device("cpu"))
+    spec = ModelSpec(args.model, args.classes, shape[0], shape[-1])
+    ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, torch.device("cpu"),
+                        estimator)
+    fedavg = METHODS["fedavg"](METHODS["fedavg"].parse_params({}), ctx)
+    rows = [("full model (FedAvg)", fedavg.estimate(TaskSpec("full")).to_record())]
+    if args.method != "fedavg":
+        cls = METHODS[args.method]
+        with torch.device("meta"):  # the method's global state is never trained here
+            method = cls(cls.parse_params({}), ctx)
+        rows += [(s.label, method.estimate(s).to_record()) for s in method.memory_specs()]
+    return rows
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    rows = memory_rows(args)
+    full = rows[0][1]["peak"]
+    head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
+    print(f"# estimated training peak: {args.model} width {args.width:g}, input {args.input}, batch {args.batch}, "
+          f"{args.classes} classes, SGD momentum {args.momentum:g}, {args.steps} steps")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for label, rec in rows:
+        cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
+                 f"{100 * (rec['peak'] / full - 1):+.1f}%"]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a suite file")
+    run.add_argument("suite", help="suite TOML file, e.g. suites/quick.toml")
+    run.add_argument("--out", help="output folder (default: the suite's 'out'); the suite goes in OUT/<name>")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config key, e.g. rounds=5, data.alpha=0.1, methods.LABEL.param=1")
+    run.add_argument("--resume", action="store_true", help="continue a killed or finished suite run")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
+    mem = sub.add_parser("memory", help="estimated training peak of a model, by category")
+    mem.add_argument("model")
+    mem.add_argument("--batch", type=int, default=32)
+    mem.add_argument("--input", default="3,32,32", help="C,H,W of one sample (default 3,32,32)")
+    mem.add_argument("--classes", type=int, default=10)
+    mem.add_argument("--width", type=float, default=1.0)
+    mem.add_argument("--momentum", type=float, default=0.9)
+    mem.add_argument("--steps", type=int, default=2, help="steps simulated (2: optimizer state exists)")
+    mem.add_argument("--method", default="fedavg", help="also tabulate this method's tasks (stages, widths)")
+    mem.set_defaults(func=cmd_memory)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    load_plugins()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError | DataError | PartitionError) else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: every completed round is recorded; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

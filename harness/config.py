@@ -1,0 +1,288 @@
+"""The suite schema: typed dataclasses, read from TOML, with ``--set key=value`` overrides.
+
+Validation is strict and happens before anything trains: an unknown key, a wrong type or a value out
+of range raises one ``ConfigError`` that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A suite file or override that cannot be run; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = ""  # folder of cifar10/cifar100/imagefolder data
+    download: bool = False  # let torchvision download cifar10/cifar100 into root
+    partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
+    shards_per_client: int = 2
+    min_samples: int = 2  # Dirichlet is redrawn until every client has this many samples
+    augment: bool = False  # random crop + flip on tensors (CIFAR-style)
+    image_size: int = 0  # imagefolder: resize to this square size; 0 keeps the files' size
+    cache_dir: str = ""  # imagefolder tensor cache; default: <root>/.harness-cache
+    synthetic_samples: int = 2000
+    validation_fraction: float = 0.0  # > 0 holds out part of train as the evaluation set (tuning)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    width: float = 1.0
+
+
+@dataclass
+class FleetConfig:
+    devices: int = 20
+    distribution: Literal["uniform", "tiers", "lognormal", "trace"] = "uniform"
+    low_mb: float = 1.0  # uniform
+    high_mb: float = 8.0  # uniform
+    tiers_mb: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    tier_weights: list[float] = field(default_factory=list)  # empty = equal
+    median_mb: float = 4.0  # lognormal
+    sigma: float = 0.5  # lognormal
+    trace: str = ""  # CSV: device_id,memory_mb[,speed]
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class MeasureConfig:
+    steps: int = 2  # training steps measured per client task; the peak is reached at the second
+    rss: bool = True
+
+
+@dataclass
+class MethodEntry:
+    """One method run of the suite: a registered method and its own parameters."""
+
+    method: str
+    label: str = ""  # unique name of the run; defaults to the method's name
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SuiteConfig:
+    name: str = "suite"
+    rounds: int = 10
+    clients_per_round: int = 10
+    selection: Literal["eligible", "uniform"] = "eligible"
+    local_epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    methods: list[MethodEntry] = field(default_factory=list)
+
+
+# ---- parsing -------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else converts."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected nothing, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return from_dict(tp, value, key)
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f" in [{prefix}]" if prefix else ""
+        raise ConfigError(f"unknown key {unknown[0]!r}{where}; allowed: {', '.join(names)}")
+    kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"[{prefix or cls.__name__}]: {err}") from None
+
+
+def _method_entries(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise ConfigError("methods: expected [[methods]] tables, each with a 'method' key")
+    entries = []
+    for i, table in enumerate(raw):
+        table = dict(table)
+        if "method" not in table:
+            raise ConfigError(f"methods[{i}]: the 'method' key is missing")
+        method, label = table.pop("method"), table.pop("label", "")
+        entries.append({"method": method, "label": label, "params": table})
+    return entries
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to the raw TOML dict; ``methods.LABEL.key`` reaches a method."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    value = parse_value(text.strip())
+    if parts[0] == "methods" and len(parts) == 3:
+        matches = [m for m in raw.get("methods", []) if (m.get("label") or m.get("method")) == parts[1]]
+        if not matches:
+            raise ConfigError(f"--set {key}: no method labelled {parts[1]!r} in the suite")
+        for m in matches:
+            m[parts[2]] = value
+        return
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a table")
+    node[parts[-1]] = value
+
+
+def load_suite(path: str | Path, overrides: list[str] = ()) -> SuiteConfig:
+    """Read a suite file, apply overrides, validate everything that can be checked before training."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"suite file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return suite_from_dict(raw)
+
+
+def suite_from_dict(raw: dict[str, Any]) -> SuiteConfig:
+    raw = dict(raw)
+    raw["methods"] = _method_entries(raw.get("methods", []))
+    suite = from_dict(SuiteConfig, raw)
+    validate(suite)
+    return suite
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(suite: SuiteConfig) -> None:
+    """Ranges and cross-field rules; names are checked against the registries."""
+    from harness.data import DATASETS
+    from harness.methods import METHODS
+    from harness.models import MODELS
+
+    for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size"):
+        _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
+    _check(bool(suite.seeds), "seeds: give at least one seed")
+    _check(len(set(suite.seeds)) == len(suite.seeds), f"seeds: repeated seed in {suite.seeds}")
+    _check(suite.data.name in DATASETS, f"data.name: unknown data set {suite.data.name!r}; "
+           f"allowed: {', '.join(DATASETS.names())}")
+    _check(suite.model.name in MODELS, f"model.name: unknown model {suite.model.name!r}; "
+           f"allowed: {', '.join(MODELS.names())}")
+    _check(0 < suite.model.width <= 1, f"model.width must be in (0, 1], got {suite.model.width}")
+    _check(suite.data.alpha > 0, f"data.alpha must be positive, got {suite.data.alpha}")
+    _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
+    _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
+    _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
+    validate_fleet(suite.fleet)
+    _check(suite.clients_per_round <= suite.fleet.devices or suite.fleet.distribution == "trace",
+           f"clients_per_round ({suite.clients_per_round}) exceeds fleet.devices ({suite.fleet.devices})")
+    _check(suite.optimizer.lr > 0, f"optimizer.lr must be positive, got {suite.optimizer.lr}")
+    _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
+    _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+    _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
+    _check(bool(suite.methods), "methods: the suite names no method; add a [[methods]] table")
+    labels = set()
+    for i, entry in enumerate(suite.methods):
+        _check(entry.method in METHODS, f"methods[{i}].method: unknown method {entry.method!r}; "
+               f"allowed: {', '.join(METHODS.names())}")
+        entry.label = entry.label or entry.method
+        _check(entry.label not in labels, f"methods[{i}]: label {entry.label!r} is used twice")
+        labels.add(entry.label)
+        METHODS[entry.method].parse_params(entry.params, f"methods[{i}] ({entry.label})")
+
+
+def validate_fleet(fleet: FleetConfig) -> None:
+    if fleet.distribution == "trace":
+        _check(bool(fleet.trace), "fleet.trace: give the CSV file of device budgets")
+        return
+    _check(fleet.devices >= 1, f"fleet.devices must be at least 1, got {fleet.devices}")
+    if fleet.distribution == "uniform":
+        _check(0 < fleet.low_mb <= fleet.high_mb,
+               f"fleet: need 0 < low_mb <= high_mb, got {fleet.low_mb} and {fleet.high_mb}")
+    elif fleet.distribution == "tiers":
+        _check(bool(fleet.tiers_mb) and all(t > 0 for t in fleet.tiers_mb),
+               f"fleet.tiers_mb: budgets must be positive, got {fleet.tiers_mb}")
+        _check(not fleet.tier_weights or (len(fleet.tier_weights) == len(fleet.tiers_mb)
+                                          and all(w >= 0 for w in fleet.tier_weights)
+                                          and sum(fleet.tier_weights) > 0),
+               "fleet.tier_weights: one non-negative weight per tier, not all zero")
+    else:
+        _check(fleet.median_mb > 0 and fleet.sigma >= 0,
+               f"fleet: need median_mb > 0 and sigma >= 0, got {fleet.median_mb}, {fleet.sigma}")
+
+
+def to_dict(suite: SuiteConfig) -> dict[str, Any]:
+    return dataclasses.asdict(suite)

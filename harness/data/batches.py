@@ -1,0 +1,54 @@
+"""Mini-batches made from in-memory uint8 tensors: index, convert, augment, normalise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from harness.data.datasets import DataBundle
+
+
+class Batches:
+    """Shuffled mini-batches of one client's samples, as normalised float tensors on ``device``."""
+
+    def __init__(self, data: DataBundle, indices: torch.Tensor, batch_size: int, device: torch.device,
+                 augment: bool = False, generator: torch.Generator | None = None,
+                 train: bool = True) -> None:
+        x, y = (data.train_x, data.train_y) if train else (data.test_x, data.test_y)
+        self.x, self.y = x[indices], y[indices]
+        self.batch_size = batch_size
+        self.device = device
+        self.augment = augment
+        self.generator = generator
+        self.mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
+        for chunk in order.split(self.batch_size):
+            x = self.x[chunk].float().div_(255)
+            if self.augment:
+                x = random_crop_flip(x, self.generator)
+            x = (x - self.mean) / self.std
+            yield x.to(self.device, non_blocking=True), self.y[chunk].to(self.device, non_blocking=True)
+
+
+def random_crop_flip(x: torch.Tensor, g: torch.Generator | None, padding: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a batch: pad-and-crop at a random offset, then a random horizontal flip."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=g)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=g)
+    rows = (dy + torch.arange(h).view(1, 1, h, 1)).expand(n, c, h, w + 2 * padding)
+    out = padded.gather(2, rows)
+    cols = (dx + torch.arange(w).view(1, 1, 1, w)).expand(n, c, h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=g) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out

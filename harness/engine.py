@@ -1,0 +1,237 @@
+"""The round loop: plan, gate by memory, select, train locally, aggregate, evaluate, record."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
+from harness.data import Batches, DataBundle, load_data, partition, partition_report
+from harness.fleet import MB, Device, build_fleet
+from harness.memory import MemoryReport
+from harness.methods import METHODS, ClientResult, Estimator, Excluded, Method, MethodContext, TaskSpec, over_budget
+from harness.models import ModelSpec
+from harness.records import RunWriter, device_name, git_commit, now, versions, write_json
+from harness.training import evaluate, train_local
+
+Log = Callable[[str], None]
+
+
+class RunExistsError(RuntimeError):
+    """The output folder already holds records and ``--resume`` was not given."""
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed for (run seed, round, client, ...): runs resume and repeat bit for bit."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class Candidate:
+    device: Device
+    position: int  # index into the fleet and the partition
+    spec: TaskSpec | None
+    estimate: MemoryReport | None
+    reason: str = ""
+
+
+def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]:
+    """Every device's task and estimate; the memory gate excludes a task over the budget."""
+    candidates = []
+    for position, device in enumerate(fleet):
+        choice = method.choose(rnd, device)
+        if isinstance(choice, Excluded):
+            candidates.append(Candidate(device, position, None, None, choice.reason))
+            continue
+        estimate = method.estimate(choice)
+        reason = ""
+        if method.respects_budgets and estimate.peak > device.budget:
+            reason = over_budget(device, choice, estimate.peak)
+        candidates.append(Candidate(device, position, choice, estimate, reason))
+    return candidates
+
+
+def select(candidates: list[Candidate], k: int, policy: str, seed: int, rnd: int) -> set[int]:
+    """Positions sampled to train: ``k`` from the eligible (``eligible``) or from all (``uniform``)."""
+    pool = [c.position for c in candidates if not c.reason or policy == "uniform"]
+    g = torch.Generator().manual_seed(derived_seed(seed, rnd, 0xC11E47))
+    picked = torch.randperm(len(pool), generator=g)[:k].tolist()
+    return {pool[i] for i in picked}
+
+
+class Run:
+    """One (method entry, seed) of a suite."""
+
+    def __init__(self, cfg: SuiteConfig, entry: MethodEntry, seed: int, data: DataBundle,
+                 device: torch.device, folder: Path, log: Log) -> None:
+        self.cfg, self.entry, self.seed, self.data, self.device, self.log = cfg, entry, seed, data, device, log
+        self.writer = RunWriter(folder)
+        self.fleet = build_fleet(cfg.fleet, seed)
+        if cfg.clients_per_round > len(self.fleet):
+            raise ConfigError(f"clients_per_round ({cfg.clients_per_round}) exceeds the fleet's "
+                              f"{len(self.fleet)} devices")
+        self.parts = partition(data.train_y, len(self.fleet), cfg.data, seed)
+        input_shape = tuple(data.train_x.shape[1:])
+        spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+        estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
+                              cfg.measure.steps, device)
+        self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
+                                 device, estimator)
+        cls = METHODS[entry.method]
+        self.params = cls.parse_params(entry.params, f"methods ({entry.label})")
+        torch.manual_seed(derived_seed(seed, 0))
+        self.method = cls(self.params, self.ctx)
+        self.test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
+        self.tag = f"[{entry.label} seed {seed}]"
+
+    def manifest(self) -> dict[str, Any]:
+        model = self.ctx.build_model()
+        return {
+            "suite": self.cfg.name, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
+            "method_params": dataclasses.asdict(self.params), "config": to_dict(self.cfg),
+            "versions": versions(), "git_commit": git_commit(), "started": now(),
+            "device": device_name(self.device),
+            "data": {"name": self.data.name, "train": len(self.data.train_y), "test": len(self.data.test_y),
+                     "num_classes": self.data.num_classes, "input_shape": list(self.ctx.input_shape)},
+            "model": {"name": self.cfg.model.name, "width": self.cfg.model.width,
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "fleet": [dataclasses.asdict(d) for d in self.fleet],
+            "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes),
+        }
+
+    def execute(self, resume: bool) -> None:
+        first, wall_time = 1, 0.0
+        checkpoint = self.writer.load_checkpoint() if resume else None
+        if checkpoint is not None:
+            self.method.load_state_dict(checkpoint["method"])
+            first, wall_time = checkpoint["round"] + 1, checkpoint["wall_time"]
+            self.writer.truncate_after(checkpoint["round"])
+            if first <= self.cfg.rounds:
+                self.log(f"{self.tag} resuming after round {checkpoint['round']}")
+        else:
+            if self.writer.has_records():
+                raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
+                                     "continue it, or choose another --out")
+            self.writer.write_manifest(self.manifest())
+        for rnd in range(first, self.cfg.rounds + 1):
+            wall_time = self.round(rnd, wall_time)
+
+    def round(self, rnd: int, wall_time: float) -> float:
+        start = time.perf_counter()
+        candidates = plan_round(self.method, rnd, self.fleet)
+        chosen = select(candidates, self.cfg.clients_per_round, self.cfg.selection, self.seed, rnd)
+        results, rows = [], []
+        for c in candidates:
+            row = self.client_row(rnd, c)
+            if c.position in chosen and not c.reason:
+                result = self.train_client(rnd, c)
+                results.append(result)
+                row.update(self.trained_fields(result))
+            elif not c.reason:
+                row["status"] = "not_selected"
+            rows.append(row)
+        if results:
+            self.method.aggregate(rnd, results)
+        evals = {name: evaluate(model, self.test) for name, model in self.method.eval_models().items()}
+        round_time = time.perf_counter() - start
+        wall_time += round_time
+        record = self.round_row(rnd, candidates, results, evals, round_time, wall_time)
+        self.writer.append_round(record, rows)
+        self.writer.save_checkpoint({"round": rnd, "wall_time": wall_time, "method": self.method.state_dict()})
+        self.log_round(record)
+        return wall_time
+
+    def train_client(self, rnd: int, c: Candidate) -> ClientResult:
+        torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
+        task = self.method.client_task(rnd, c.device, c.spec)
+        g = torch.Generator().manual_seed(derived_seed(self.seed, rnd, c.position, 2))
+        batches = Batches(self.data, self.parts[c.position], self.cfg.batch_size, self.device,
+                          self.cfg.data.augment, generator=g)
+        local = train_local(task, batches, self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps,
+                            self.cfg.measure.rss, context=f"{self.tag} round {rnd}, device {c.device.id}")
+        return ClientResult(c.device, c.spec, local)
+
+    def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:
+        row = {"round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
+               "device": c.device.id, "budget": c.device.budget, "speed": c.device.speed,
+               "status": "excluded" if c.reason else "trained", "reason": c.reason, "task": None,
+               "estimate": c.estimate.to_record() if c.estimate else None}
+        if c.spec is not None:
+            row.update(c.spec.to_record())
+        return row
+
+    @staticmethod
+    def trained_fields(result: ClientResult) -> dict[str, Any]:
+        local = result.local
+        return {"memory": local.memory, "over_budget": local.memory["tensor"]["peak"] > result.device.budget,
+                "samples": local.num_samples, "steps": local.steps, "train_loss": local.train_loss,
+                "train_time": local.train_time, "bytes_up": local.bytes_up, "bytes_down": local.bytes_down}
+
+    def round_row(self, rnd: int, candidates: list[Candidate], results: list[ClientResult],
+                  evals: dict[str, tuple[float, float]], round_time: float, wall_time: float) -> dict[str, Any]:
+        trained = {r.device.id for r in results}
+        estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
+        headline = next(iter(evals.values()), None)
+        eligible = sum(not c.reason for c in candidates)
+        return {
+            "round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
+            "accuracy": headline[0] if headline else None, "loss": headline[1] if headline else None,
+            "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
+            "devices": len(candidates), "eligible": eligible,
+            "selected": len(results), "participated": len(results), "excluded": len(candidates) - eligible,
+            "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results), default=None),
+            "peak_estimate": max(estimates, default=None),
+            "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
+            "wall_time": wall_time, "bytes_up": sum(r.local.bytes_up for r in results),
+            "bytes_down": sum(r.local.bytes_down for r in results), **self.method.round_info(rnd),
+        }
+
+    def log_round(self, r: dict[str, Any]) -> None:
+        acc = "  n/a " if r["accuracy"] is None else f"{100 * r['accuracy']:5.1f}%"
+        peak = "-" if r["peak_tensor"] is None else f"{r['peak_tensor'] / MB:.2f} MB"
+        self.log(f"{self.tag} round {r['round']}/{self.cfg.rounds}  acc {acc}  trained {r['participated']}"
+                 f"/{r['devices']} (eligible {r['eligible']})  peak {peak}  {r['round_time']:.1f} s")
+        if r["eligible"] == 0:
+            self.log(f"{self.tag} round {r['round']}: no device's budget fits this method's task; "
+                     "every device is recorded as excluded")
+
+
+def suite_folder(cfg: SuiteConfig, out: str | Path | None) -> Path:
+    return Path(out or cfg.out) / cfg.name
+
+
+def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
+              log: Log = print) -> Path:
+    """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder."""
+    folder = suite_folder(cfg, out)
+    device = resolve_device(cfg.device)
+    if not resume and (folder / "suite.json").exists():
+        raise RunExistsError(f"{folder} already holds a suite run; pass --resume to continue it, "
+                             "or choose another --out")
+    data = load_data(cfg.data)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = [(entry, seed, f"{entry.label}-seed{seed}") for entry in cfg.methods for seed in cfg.seeds]
+    write_json(folder / "suite.json", {
+        "suite": cfg.name, "config": to_dict(cfg), "versions": versions(), "git_commit": git_commit(),
+        "started": now(), "runs": [{"label": e.label, "method": e.method, "seed": s, "dir": d} for e, s, d in runs],
+    })
+    log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
+        f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
+    for entry, seed, name in runs:
+        Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
+    return folder

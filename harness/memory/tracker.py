@@ -1,0 +1,144 @@
+"""The ``tensor`` memory source: exact live tensor bytes during training, by category.
+
+A ``TorchDispatchMode`` sees every tensor an aten op returns; each new storage is counted once and
+released by a weak-reference callback when it dies. Parameters (trainable or frozen), buffers and
+the input batch are registered explicitly, because they exist before tracking starts. At every local
+maximum the live storages are remembered, and they are named once the step has finished and it is
+known which storages became gradients or optimizer state. The same tracker runs under
+``FakeTensorMode`` for the estimate, so estimate and measurement count the very same tensors.
+
+Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks work.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "activations", "other")
+PHASE_CATEGORY = {"forward": "activations", "backward": "other", "optimizer": "other", "input": "other"}
+
+
+@dataclass
+class MemoryReport:
+    """A peak in bytes and what it was made of; ``categories`` sums to ``peak``."""
+
+    peak: int = 0
+    categories: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+
+    def to_record(self) -> dict[str, int]:
+        return {"peak": self.peak, **self.categories}
+
+    @classmethod
+    def from_record(cls, record: dict[str, int]) -> MemoryReport:
+        return cls(record["peak"], {c: record[c] for c in CATEGORIES})
+
+
+class _Storage:
+    """What the tracker knows of one storage; outlives the storage so a peak can be named later."""
+
+    __slots__ = ("nbytes", "phase", "role", "__weakref__")
+
+    def __init__(self, nbytes: int, phase: str, role: str | None = None) -> None:
+        self.nbytes, self.phase, self.role = nbytes, phase, role
+
+    @property
+    def category(self) -> str:
+        return self.role or PHASE_CATEGORY[self.phase]
+
+
+def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[torch.UntypedStorage]:
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            yield t.untyped_storage()
+
+
+class TensorTracker(TorchDispatchMode):
+    """Use as a context around training steps; read ``report()`` afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[weakref.ref, _Storage]] = {}
+        self._current = 0
+        self._peak = 0
+        self._peak_storages: list[_Storage] = []
+        self._rising = False  # the count went up since the last local maximum was remembered
+        self.phase = "forward"
+
+    # -- counting ---------------------------------------------------------------------------
+    def _add(self, storage: torch.UntypedStorage, phase: str, role: str | None = None) -> _Storage:
+        key = id(storage)
+        known = self._live.get(key)
+        if known is not None and known[0]() is storage:
+            info = known[1]
+            if role is not None:
+                info.role = role
+            return info
+        info = _Storage(storage.nbytes(), phase, role)
+        self._live[key] = (weakref.ref(storage, lambda _, k=key, i=info: self._free(k, i)), info)
+        self._current += info.nbytes
+        if self._current > self._peak:
+            self._peak = self._current
+            self._rising = True
+        return info
+
+    def _free(self, key: int, info: _Storage) -> None:
+        if self._rising:
+            self._remember_peak()
+        self._current -= info.nbytes
+        if self._live.get(key, (None, None))[1] is info:
+            del self._live[key]
+
+    def _remember_peak(self) -> None:
+        if self._current >= self._peak:
+            self._peak_storages = [info for _, info in self._live.values()]
+        self._rising = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tree_map_only(torch.Tensor, lambda t: self._add(t.untyped_storage(), self.phase), out)
+        return out
+
+    # -- what the caller tells the tracker ---------------------------------------------------
+    def register_model(self, model: nn.Module) -> None:
+        """Count the model's parameters (frozen ones too) and buffers, which predate tracking."""
+        for storage in _storages(model.parameters()):
+            self._add(storage, "input", "parameters")
+        for storage in _storages(model.buffers()):
+            self._add(storage, "input", "buffers")
+
+    def register_inputs(self, *tensors: torch.Tensor) -> None:
+        for storage in _storages(tensors):
+            self._add(storage, "input")
+
+    def name_roles(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """After a step: mark which storages are gradients and optimizer state."""
+        for storage in _storages(p.grad for p in model.parameters() if p.grad is not None):
+            self._add(storage, "backward", "gradients")
+        if optimizer is not None:
+            state = (t for s in optimizer.state.values() for t in s.values())
+            for storage in _storages(state):
+                self._add(storage, "optimizer", "optimizer")
+
+    @contextmanager
+    def phase_of(self, phase: str) -> Iterator[None]:
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    def report(self) -> MemoryReport:
+        if self._rising:
+            self._remember_peak()
+        categories = dict.fromkeys(CATEGORIES, 0)
+        for info in self._peak_storages:
+            categories[info.category] += info.nbytes
+        return MemoryReport(self._peak, categories)

@@ -1,0 +1,205 @@
+"""The plug-in contract for training methods, and their registry.
+
+A method decides, each round, what every device would train (a ``TaskSpec``: the full model, a
+stage, a width, a depth), builds the client's model for a spec, aggregates the clients' uploads and
+names the models to evaluate. The harness owns everything else (selection, the memory gate, local
+training, measurement, records), so all methods are measured the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.config import ConfigError, OptimizerConfig, from_dict
+from harness.fleet import MB, Device
+from harness.memory import MemoryReport, estimate_peak
+from harness.models import BlockModel, ModelSpec, build_model
+from harness.models.base import NormLayer
+from harness.registry import Registry
+from harness.training import LocalResult, Task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A hashable description of what a client trains, e.g. ``TaskSpec("width", 0.5)``."""
+
+    kind: str
+    value: float | int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value:g}"
+
+    def to_record(self) -> dict[str, Any]:
+        return {"task": self.label, self.kind: self.value}
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """Why a device takes no part this round."""
+
+    reason: str
+
+
+@dataclass
+class ClientResult:
+    device: Device
+    spec: TaskSpec
+    local: LocalResult
+
+
+class Estimator:
+    """Estimated training peaks, computed once per distinct task (fake tensors, no compute)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
+                 optimizer: OptimizerConfig, steps: int, device: torch.device) -> None:
+        self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
+        self.optimizer, self.steps, self.device = optimizer, steps, device
+        self._cache: dict[Any, MemoryReport] = {}
+
+    def __call__(self, key: Any, build_task: Callable[[], Task]) -> MemoryReport:
+        if key not in self._cache:
+            self._cache[key] = estimate_peak(build_task, self.input_shape, self.num_classes,
+                                             self.batch_size, self.optimizer, self.steps, self.device)
+        return self._cache[key]
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run it is part of."""
+
+    model: ModelSpec
+    width: float  # the suite's model width; methods scale relative to it
+    input_shape: tuple[int, ...]
+    num_classes: int
+    fleet: list[Device]
+    seed: int
+    device: torch.device
+    estimator: Estimator
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
+        return build_model(self.model, self.width * width, norm_layer)
+
+
+@dataclass
+class NoParams:
+    """For methods without parameters of their own."""
+
+
+class Method(ABC):
+    """Base class of every registered method; subclasses set ``Params`` to their dataclass."""
+
+    Params: ClassVar[type] = NoParams
+    name: ClassVar[str] = ""  # set by ``register_method``
+    respects_budgets: bool = True  # False only for the unconstrained reference (plain FedAvg)
+
+    def __init__(self, params: Any, ctx: MethodContext) -> None:
+        self.params = params
+        self.ctx = ctx
+
+    @classmethod
+    def parse_params(cls, raw: dict[str, Any], where: str = "params") -> Any:
+        try:
+            return from_dict(cls.Params, raw, where)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+    # -- planning ----------------------------------------------------------------------------
+    @abstractmethod
+    def choose(self, rnd: int, device: Device) -> TaskSpec | Excluded:
+        """What ``device`` would train in round ``rnd`` (or why it cannot take part)."""
+
+    def estimate(self, spec: TaskSpec) -> MemoryReport:
+        return self.ctx.estimator((type(self).__name__, self.params_key(), spec),
+                                  lambda: self.build_task(spec))
+
+    def params_key(self) -> Any:
+        return repr(self.params)
+
+    def largest_fitting(self, specs: Iterable[TaskSpec], device: Device) -> TaskSpec | Excluded:
+        """The first of ``specs`` (ordered largest first) whose estimate fits the device's budget."""
+        smallest = None
+        for spec in specs:
+            need = self.estimate(spec).peak
+            if need <= device.budget:
+                return spec
+            smallest = (spec, need)
+        if smallest is None:
+            return Excluded("the method offers no task")
+        spec, need = smallest
+        return Excluded(over_budget(device, spec, need))
+
+    # -- building and training ---------------------------------------------------------------
+    @abstractmethod
+    def build_task(self, spec: TaskSpec) -> Task:
+        """A fresh task for ``spec`` (weights need not be the global ones). Also runs under
+        fake tensors for the estimate, so it must only build modules."""
+
+    @abstractmethod
+    def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
+        """The task a client trains this round: ``build_task(spec)`` with the global weights."""
+
+    @abstractmethod
+    def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
+        """Fold the clients' uploads into the global state."""
+
+    @abstractmethod
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models to evaluate after the round, headline (deployable) model first."""
+
+    def memory_specs(self) -> list[TaskSpec]:
+        """The tasks ``python -m harness memory --method`` tabulates (e.g. every stage or width)."""
+        return [TaskSpec("full")]
+
+    def round_info(self, rnd: int) -> dict[str, Any]:
+        """Extra fields for the round record (e.g. the stage trained)."""
+        return {}
+
+    # -- resume ------------------------------------------------------------------------------
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the last aggregated round."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def over_budget(device: Device, spec: TaskSpec, need: int) -> str:
+    return (f"budget {device.budget / MB:.2f} MB < {need / MB:.2f} MB estimated for "
+            f"{spec.label}")
+
+
+MethodClass = type[Method]
+METHODS: Registry[MethodClass] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[MethodClass], MethodClass]:
+    """``@register_method("name")`` on a ``Method`` subclass makes it usable from suite files."""
+
+    def add(cls: MethodClass) -> MethodClass:
+        if not dataclasses.is_dataclass(cls.Params):
+            raise TypeError(f"{cls.__name__}.Params must be a dataclass")
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """FedAvg of state dicts; integer buffers (BN's batch counters) take the weighted mean rounded."""
+    total = float(sum(weights))
+    out = {}
+    for key, first in states[0].items():
+        acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights))
+        out[key] = acc.round().to(first.dtype) if not first.is_floating_point() else acc.to(first.dtype)
+    return out

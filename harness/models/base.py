@@ -1,0 +1,105 @@
+"""The shape every model of the zoo shares: a sequence of blocks plus a classifier head.
+
+Progressive methods address "block t", width methods build a narrower twin whose tensors map onto
+the full model's leftmost channels, and depth methods cut after block k; all of them rely only on
+what is declared here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.registry import Registry
+
+NormLayer = Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """What a block does to its input: channels in and out, and spatial stride."""
+
+    in_channels: int
+    out_channels: int
+    stride: int
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channels of a width-``width`` twin: ceil, as HeteroFL does, and never below one."""
+    return max(1, math.ceil(channels * width - 1e-9))
+
+
+class ClassifierHead(nn.Module):
+    """Global average pooling and a linear classifier."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class BlockModel(nn.Module):
+    """``blocks[0] -> ... -> blocks[T-1] -> head``; ``block_info[i]`` describes ``blocks[i]``."""
+
+    def __init__(
+        self, blocks: list[nn.Module], block_info: list[BlockInfo], num_classes: int, width: float
+    ) -> None:
+        super().__init__()
+        if len(blocks) != len(block_info):
+            raise ValueError("every block needs its BlockInfo")
+        self.blocks = nn.ModuleList(blocks)
+        self.block_info = list(block_info)
+        self.head = ClassifierHead(block_info[-1].out_channels, num_classes)
+        self.num_classes = num_classes
+        self.width = width
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        for block in self.blocks[start:stop]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_blocks(x))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a builder needs besides the width: the data's shape and classes."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+ModelBuilder = Callable[..., BlockModel]
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    return MODELS.register(name)
+
+
+def build_model(
+    spec: ModelSpec, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d
+) -> BlockModel:
+    """Build ``spec.name`` at ``width``; ``norm_layer`` lets width methods swap BatchNorm."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    return MODELS[spec.name](
+        num_classes=spec.num_classes, in_channels=spec.in_channels, width=width, norm_layer=norm_layer
+    )

@@ -1,0 +1,143 @@
+"""Local training, shared by every method so that time and memory numbers stay comparable."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import OptimizerConfig
+from harness.data import Batches
+from harness.memory import TensorTracker, sources
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the run stops, and every record written so far stays."""
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return model.state_dict()
+
+
+@dataclass
+class Task:
+    """What one client trains: its resident model, its loss, and what it sends back.
+
+    ``loss`` must not read tensor values into Python (no ``.item()``), since the same task also
+    runs under fake tensors for the memory estimate.
+    """
+
+    model: nn.Module
+    loss: LossFn = cross_entropy
+    upload: Callable[[nn.Module], dict[str, torch.Tensor]] = full_state
+
+
+@dataclass
+class LocalResult:
+    state: dict[str, torch.Tensor]
+    num_samples: int
+    steps: int
+    train_loss: float
+    train_time: float
+    bytes_down: int
+    bytes_up: int
+    memory: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD over the trainable parameters only: frozen ones get no state."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the task's model has no trainable parameter")
+    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def training_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  tracker: TensorTracker | None = None) -> torch.Tensor:
+    """One step; with a tracker, each phase's new tensors are labelled and roles named at the end."""
+    phase = tracker.phase_of if tracker is not None else lambda _: contextlib.nullcontext()
+    optimizer.zero_grad(set_to_none=True)
+    with phase("forward"):
+        loss = task.loss(task.model, x, y)
+    with phase("backward"):
+        loss.backward()
+    with phase("optimizer"):
+        optimizer.step()
+    if tracker is not None:
+        tracker.name_roles(task.model, optimizer)
+    return loss.detach()
+
+
+def measured_step(tracker: TensorTracker, task: Task, optimizer: torch.optim.Optimizer,
+                  x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with tracker:
+        tracker.register_inputs(x, y)
+        return training_step(task, optimizer, x, y, tracker)
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def train_local(task: Task, batches: Batches, epochs: int, cfg: OptimizerConfig, measure_steps: int,
+                measure_rss: bool = True, context: str = "") -> LocalResult:
+    """Train ``task.model`` in place; the first ``measure_steps`` steps are measured, the rest run
+    untouched, so measurement barely changes training speed."""
+    model = task.model.to(batches.device).train()
+    bytes_down = tensor_bytes(model.state_dict())
+    optimizer = make_optimizer(model, cfg)
+    tracker = TensorTracker()
+    tracker.register_model(model)
+    probes = sources.start_probes(batches.device, measure_rss)
+    start = time.perf_counter()
+    total, steps, loss = 0.0, 0, None
+    for _ in range(epochs):
+        for x, y in batches:
+            if steps < measure_steps:
+                loss = measured_step(tracker, task, optimizer, x, y)
+                if steps + 1 == measure_steps:
+                    probes.stop()
+            else:
+                loss = training_step(task, optimizer, x, y)
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{context}: the training loss became {value} at step {steps + 1}; "
+                                         "lower optimizer.lr or check the data")
+            total += value * len(y)
+            steps += 1
+    if batches.device.type == "cuda":
+        torch.cuda.synchronize(batches.device)
+    train_time = time.perf_counter() - start
+    probes.stop()
+    memory = {"tensor": tracker.report().to_record(), **probes.records()}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in task.upload(model).items()}
+    num_samples = len(batches.y)
+    return LocalResult(state, num_samples, steps, total / max(1, num_samples * epochs), train_time,
+                       bytes_down, tensor_bytes(state), memory)
+
+
+def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``batches``."""
+    model = model.to(batches.device).eval()
+    correct, loss, n = 0, 0.0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+    return correct / n, loss / n
+
+
