@@ -147,7 +147,8 @@ class Run:
             rows.append(row)
         if results:
             self.method.aggregate(rnd, results)
-        evals = {name: evaluate(model, self.test) for name, model in self.method.eval_models().items()}
+        evals = {name: evaluate(model, self.test) if model is not None else (None, None)
+                 for name, model in self.method.eval_models().items()}
         round_time = time.perf_counter() - start
         wall_time += round_time
         record = self.round_row(rnd, candidates, results, evals, round_time, wall_time)
@@ -183,14 +184,15 @@ class Run:
                 "train_time": local.train_time, "bytes_up": local.bytes_up, "bytes_down": local.bytes_down}
 
     def round_row(self, rnd: int, candidates: list[Candidate], results: list[ClientResult],
-                  evals: dict[str, tuple[float, float]], round_time: float, wall_time: float) -> dict[str, Any]:
+                  evals: dict[str, tuple[float | None, float | None]], round_time: float,
+                  wall_time: float) -> dict[str, Any]:
         trained = {r.device.id for r in results}
         estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
-        headline = next(iter(evals.values()), None)
+        headline = next(iter(evals.values()), (None, None))
         eligible = sum(not c.reason for c in candidates)
         return {
             "round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
-            "accuracy": headline[0] if headline else None, "loss": headline[1] if headline else None,
+            "accuracy": headline[0], "loss": headline[1],
             "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
             "devices": len(candidates), "eligible": eligible,
             "selected": len(results), "participated": len(results), "excluded": len(candidates) - eligible,

@@ -154,8 +154,9 @@ class Method(ABC):
         """Fold the clients' uploads into the global state."""
 
     @abstractmethod
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Models to evaluate after the round, headline (deployable) model first."""
+    def eval_models(self) -> dict[str, nn.Module | None]:
+        """Models to evaluate after the round, headline (deployable) model first; ``None`` for a
+        model that does not exist yet (recorded as null accuracy)."""
 
     def memory_specs(self) -> list[TaskSpec]:
         """The tasks ``python -m harness memory --method`` tabulates (e.g. every stage or width)."""
