@@ -16,7 +16,16 @@ from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.fleet import MB, Device, build_fleet
 from harness.memory import MemoryReport
-from harness.methods import METHODS, ClientResult, Estimator, Excluded, Method, MethodContext, TaskSpec, over_budget
+from harness.methods import (
+    METHODS,
+    ClientResult,
+    Estimator,
+    Excluded,
+    Method,
+    MethodContext,
+    TaskSpec,
+    over_budget,
+)
 from harness.models import ModelSpec
 from harness.records import RunWriter, device_name, git_commit, now, versions, write_json
 from harness.training import evaluate, train_local

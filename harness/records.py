@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any

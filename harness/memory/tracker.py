@@ -44,7 +44,7 @@ class MemoryReport:
 class _Storage:
     """What the tracker knows of one storage; outlives the storage so a peak can be named later."""
 
-    __slots__ = ("nbytes", "phase", "role", "__weakref__")
+    __slots__ = ("__weakref__", "nbytes", "phase", "role")
 
     def __init__(self, nbytes: int, phase: str, role: str | None = None) -> None:
         self.nbytes, self.phase, self.role = nbytes, phase, role

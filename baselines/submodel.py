@@ -1,0 +1,102 @@
+"""Width sub-models: a narrower twin's tensors as index sets into the global model's tensors.
+
+A width-r twin of a zoo model has the same state_dict keys as the global model; only channel
+dimensions shrink. Every shrunk dimension of global size ``C`` kept at ``k`` channels takes the
+index set ``pick(C, k)``. Because the set depends on ``(C, k)`` alone, a layer's input indices
+equal the previous layer's output indices, and everything a ResNet adds together (a unit's output,
+its shortcut, the next unit's input) shares one set. Dimensions that do not shrink (image channels,
+class outputs, kernel sizes) are kept whole. The client then holds a real, smaller model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Pick = Callable[[int, int], torch.Tensor]  # (global size C, kept k) -> k channel indices
+Shapes = dict[str, torch.Size]
+
+
+def leftmost(size: int, keep: int) -> torch.Tensor:
+    """HeteroFL and FjORD: the first ``keep`` channels."""
+    return torch.arange(keep)
+
+
+def rolling(offset: int) -> Pick:
+    """FedRolex: a window of ``keep`` channels starting at ``offset mod C``, wrapping around."""
+
+    def pick(size: int, keep: int) -> torch.Tensor:
+        return (offset + torch.arange(keep)) % size
+
+    return pick
+
+
+def shapes_of(model: nn.Module) -> Shapes:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def twin_shapes(build: Callable[[], nn.Module]) -> Shapes:
+    """The state shapes of a model, built on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        return shapes_of(build())
+
+
+@dataclass
+class SubModel:
+    """Per state key, per dimension: the global indices a twin's tensor holds (None: all)."""
+
+    index: dict[str, tuple[torch.Tensor | None, ...]]
+
+    @classmethod
+    def of(cls, full: Shapes, sub: Shapes, pick: Pick) -> SubModel:
+        index = {}
+        for key, shape in full.items():
+            if len(shape) != len(sub[key]):
+                raise ValueError(f"{key}: the twin has shape {tuple(sub[key])}, the model {tuple(shape)}")
+            index[key] = tuple(None if k == c else pick(c, k) for c, k in zip(shape, sub[key], strict=True))
+        return cls(index)
+
+    def extract(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The twin's tensors, copied out of the global ``state``."""
+        out = {}
+        for key, t in state.items():
+            for dim, idx in enumerate(self.index[key]):
+                if idx is not None:
+                    t = t.index_select(dim, idx)
+            out[key] = t.clone()
+        return out
+
+    def flat_index(self, key: str, shape: torch.Size) -> torch.Tensor:
+        """Positions in the flattened global tensor of ``shape`` that the twin's tensor covers."""
+        flat = torch.zeros((), dtype=torch.long)
+        stride = 1
+        for dim in reversed(range(len(shape))):
+            idx = self.index[key][dim]
+            idx = torch.arange(shape[dim]) if idx is None else idx
+            view = [1] * len(shape)
+            view[dim] = -1
+            flat = flat + idx.view(view) * stride
+            stride *= shape[dim]
+        return flat.reshape(-1)
+
+
+def aggregate(state: dict[str, torch.Tensor],
+              uploads: list[tuple[SubModel, dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+    """Each global entry becomes the weighted mean of the clients that trained it; entries nobody
+    trained keep their value. Computed as ``harness.methods.weighted_average`` computes it, so
+    full-width uploads reproduce FedAvg bit for bit."""
+    out = {}
+    for key, g in state.items():
+        where = [sub.flat_index(key, g.shape) for sub, _, _ in uploads]
+        total = torch.zeros(g.numel(), dtype=torch.float64)
+        for pos, (_, _, w) in zip(where, uploads, strict=True):
+            total.index_add_(0, pos, torch.full(pos.shape, float(w), dtype=torch.float64))
+        acc = torch.zeros(g.numel(), dtype=torch.float64)
+        for pos, (_, s, w) in zip(where, uploads, strict=True):
+            acc.index_add_(0, pos, s[key].double().reshape(-1) * (w / total[pos]))
+        mean = torch.where(total > 0, acc, g.double().reshape(-1)).reshape(g.shape)
+        out[key] = mean.to(g.dtype) if g.is_floating_point() else mean.round().to(g.dtype)
+    return out

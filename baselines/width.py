@@ -1,0 +1,82 @@
+"""What every width-scaling method shares: a rate ladder, the largest rate that fits each device,
+real width-r sub-models cut out of the global model, and per-entry aggregation back into it.
+
+Subclasses choose the channels (``pick``), the norm layer (``norm``) and the loss (``client_task``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from baselines.norms import static_norm
+from baselines.submodel import Pick, SubModel, aggregate, leftmost, shapes_of, twin_shapes
+from harness.fleet import Device
+from harness.methods import ClientResult, Excluded, Method, TaskSpec
+from harness.models.base import NormLayer
+from harness.training import Task
+
+
+@dataclass
+class WidthParams:
+    rates: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125, 0.0625])
+    weighted: bool = True  # average each entry weighted by sample count (False: plain mean)
+
+    def __post_init__(self) -> None:
+        if not self.rates or not all(0 < r <= 1 for r in self.rates):
+            raise ValueError(f"rates must be non-empty and in (0, 1], got {self.rates}")
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates must not repeat, got {self.rates}")
+
+
+class WidthMethod(Method):
+    """The global model at full width; a client trains the largest rate whose estimate fits."""
+
+    Params = WidthParams
+
+    def __init__(self, params: Any, ctx) -> None:
+        super().__init__(params, ctx)
+        self.model = self.ctx.build_model(1.0, self.norm(1.0))
+        self.full = shapes_of(self.model)
+        self.ladder = [TaskSpec("width", r) for r in sorted(self.params.rates, reverse=True)]
+        self.shapes = {s.value: twin_shapes(lambda r=s.value: self.ctx.build_model(r, self.norm(r)))
+                       for s in self.ladder}
+
+    def norm(self, rate: float) -> NormLayer:
+        return static_norm()
+
+    def pick(self, rnd: int) -> Pick:
+        return leftmost
+
+    def submodel(self, rnd: int, rate: float) -> SubModel:
+        return SubModel.of(self.full, self.shapes[rate], self.pick(rnd))
+
+    def choose(self, rnd: int, device: Device) -> TaskSpec | Excluded:
+        return self.largest_fitting(self.ladder, device)
+
+    def memory_specs(self) -> list[TaskSpec]:
+        return self.ladder
+
+    def build_task(self, spec: TaskSpec) -> Task:
+        return Task(self.ctx.build_model(spec.value, self.norm(spec.value)))
+
+    def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
+        task = self.build_task(spec)
+        task.model.load_state_dict(self.submodel(rnd, spec.value).extract(self.model.state_dict()))
+        return task
+
+    def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
+        uploads = [(self.submodel(rnd, r.spec.value), r.local.state,
+                    r.local.num_samples if self.params.weighted else 1) for r in results]
+        self.model.load_state_dict(aggregate(self.model.state_dict(), uploads))
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {"global": self.model}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny, fast suite configs on seeded synthetic data."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import SuiteConfig, suite_from_dict
+from harness.plugins import load_plugins
+
+load_plugins()
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "rounds": 3,
+    "clients_per_round": 4,
+    "local_epochs": 1,
+    "batch_size": 16,
+    "seeds": [0],
+    "device": "cpu",
+    "data": {"name": "synthetic", "synthetic_samples": 400, "partition": "iid"},
+    "model": {"name": "cnn", "width": 0.25},
+    "fleet": {"devices": 6, "distribution": "uniform", "low_mb": 0.2, "high_mb": 2.0},
+    "methods": [{"method": "fedavg"}],
+}
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tiny_raw(**over: Any) -> dict[str, Any]:
+    return merge(TINY, over)
+
+
+def tiny_suite(**over: Any) -> SuiteConfig:
+    return suite_from_dict(tiny_raw(**over))
+
+
+class Lines(list):
+    """A log function that keeps the lines it is given (and keeps test output clean)."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+
+@pytest.fixture
+def quiet() -> Lines:
+    return Lines()

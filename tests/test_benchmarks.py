@@ -1,0 +1,47 @@
+"""Benchmarks (run by ``tox -e bench``): what measurement costs a client's local training, and what
+an estimate costs. Each pair runs in one session, so their ratio is meaningful on that machine."""
+
+import pytest
+import torch
+
+from harness.config import OptimizerConfig
+from harness.data import Batches, DataBundle
+from harness.memory import estimate_peak
+from harness.models import ModelSpec, build_model
+from harness.training import Task, train_local
+
+pytestmark = pytest.mark.benchmark
+
+OPT = OptimizerConfig()
+
+
+def cifar_like(n: int) -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return DataBundle("random", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3)
+
+
+@pytest.mark.parametrize("measure_steps", [0, 2], ids=["unmeasured", "measured"])
+def test_local_training_with_and_without_measurement(benchmark, measure_steps):
+    """One client epoch of 20 steps of ResNet-18 at width 0.25; compare the two means."""
+    benchmark.group = "local training: 20 steps, resnet18 x0.25, batch 32"
+    data = cifar_like(640)
+    spec = ModelSpec("resnet18", 10, 3, 32)
+
+    def run():
+        torch.manual_seed(0)
+        batches = Batches(data, torch.arange(640), 32, torch.device("cpu"))
+        return train_local(Task(build_model(spec, 0.25)), batches, 1, OPT, measure_steps, measure_rss=True)
+
+    result = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    assert result.steps == 20
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18", "vgg16"])
+def test_estimate_cost(benchmark, model):
+    benchmark.group = "estimate: two fake training steps, batch 64"
+    spec = ModelSpec(model, 10, 3, 32)
+    report = benchmark.pedantic(
+        lambda: estimate_peak(lambda: Task(build_model(spec)), (3, 32, 32), 10, 64, OPT), rounds=3)
+    assert report.peak > 0

@@ -1,0 +1,220 @@
+"""The round loop end to end: records, the memory gate, determinism, resume, bad runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, tiny_suite
+
+from harness.engine import RunExistsError, run_suite
+from harness.fleet import MB
+from harness.records import CHECKPOINT, read_jsonl
+from harness.training import NonFiniteLossError
+
+TIMING = {"train_time", "round_time", "wall_time"}
+
+
+def records(folder):
+    return read_jsonl(folder / "rounds.jsonl"), read_jsonl(folder / "clients.jsonl")
+
+
+def without_times(rows):
+    out = []
+    for row in rows:
+        row = {k: v for k, v in row.items() if k not in TIMING}
+        if "memory" in row:  # the process RSS is not a property of the run
+            row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
+        out.append(row)
+    return out
+
+
+def test_records_of_a_run(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "exclusive"}], fleet={"low_mb": 0.3, "high_mb": 1.5})
+    folder = run_suite(cfg, tmp_path, log=quiet)
+    assert folder == tmp_path / "tiny"
+    suite = json.loads((folder / "suite.json").read_text())
+    assert suite["runs"] == [{"label": "exclusive", "method": "exclusive", "seed": 0, "dir": "exclusive-seed0"}]
+    run = folder / "exclusive-seed0"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["data"]["name"] == "synthetic" and len(manifest["fleet"]) == 6
+    assert sum(p["samples"] for p in manifest["partition"]) == manifest["data"]["train"]
+    assert set(manifest["versions"]) == {"python", "torch", "torchvision", "harness"}
+    rounds, clients = records(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3] and len(clients) == 3 * 6
+    need = clients[0]["estimate"]["peak"] if clients[0]["estimate"] else None
+    for c in clients:
+        fits = c["budget"] >= need
+        assert c["status"] == ("excluded" if not fits else c["status"])
+        if c["status"] == "excluded":
+            assert c["reason"].startswith("budget ") and "estimated for full" in c["reason"]
+        if c["status"] == "trained":
+            assert c["memory"]["tensor"]["peak"] == c["estimate"]["peak"] <= c["budget"]
+            assert not c["over_budget"] and c["bytes_up"] > 0 and c["samples"] > 0
+            assert "cuda" not in c["memory"] and "nvml" not in c["memory"]
+    for r in rounds:
+        trained = [c for c in clients if c["round"] == r["round"] and c["status"] == "trained"]
+        assert r["participated"] == len(trained) == min(4, r["eligible"])
+        assert r["eligible"] + r["excluded"] == 6
+        assert r["peak_tensor"] == max(c["memory"]["tensor"]["peak"] for c in trained)
+        assert r["bytes_up"] == sum(c["bytes_up"] for c in trained)
+        assert 0 <= r["accuracy"] <= 1 and r["evals"]["global"]["accuracy"] == r["accuracy"]
+    assert rounds[-1]["wall_time"] == pytest.approx(sum(r["round_time"] for r in rounds))
+    assert any(line.startswith("[exclusive seed 0] round 3/3") for line in quiet)
+
+
+def test_same_seed_twice_gives_identical_records_and_weights(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "fedavg"}, {"method": "allsmall"}], data={"partition": "dirichlet"})
+    a, b = run_suite(cfg, tmp_path / "a", log=quiet), run_suite(cfg, tmp_path / "b", log=quiet)
+    for run in ("fedavg-seed0", "allsmall-seed0"):
+        for ra, rb in zip(records(a / run), records(b / run)):
+            assert without_times(ra) == without_times(rb)
+        wa = torch.load(a / run / CHECKPOINT)["method"]["model"]
+        wb = torch.load(b / run / CHECKPOINT)["method"]["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_budget_no_device_meets_records_everyone_excluded(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "exclusive"}, {"method": "allsmall"}],
+                     fleet={"low_mb": 0.001, "high_mb": 0.002})
+    folder = run_suite(cfg, tmp_path, log=quiet)
+    for run in ("exclusive-seed0", "allsmall-seed0"):
+        rounds, clients = records(folder / run)
+        assert all(r["eligible"] == 0 and r["participated"] == 0 and r["peak_tensor"] is None for r in rounds)
+        assert all(c["status"] == "excluded" and c["reason"] for c in clients)
+    assert any("no device's budget fits" in line for line in quiet)
+    _, clients = records(folder / "allsmall-seed0")
+    assert clients[0]["reason"].startswith("no width fits the weakest device")
+
+
+def test_plain_fedavg_ignores_budgets_but_records_overruns(tmp_path, quiet):
+    cfg = tiny_suite(fleet={"low_mb": 0.001, "high_mb": 0.002}, rounds=1)
+    _, clients = records(run_suite(cfg, tmp_path, log=quiet) / "fedavg-seed0")
+    trained = [c for c in clients if c["status"] == "trained"]
+    assert len(trained) == 4 and all(c["over_budget"] for c in trained)
+
+
+def test_uniform_selection_samples_from_all_devices(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "exclusive"}], selection="uniform", clients_per_round=6,
+                     fleet={"low_mb": 0.3, "high_mb": 1.5})
+    rounds, _ = records(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0")
+    assert all(r["participated"] == r["eligible"] for r in rounds)
+
+
+def test_existing_records_need_resume(tmp_path, quiet):
+    cfg = tiny_suite(rounds=1)
+    run_suite(cfg, tmp_path, log=quiet)
+    with pytest.raises(RunExistsError, match="--resume"):
+        run_suite(cfg, tmp_path, log=quiet)
+    run_suite(cfg, tmp_path, resume=True, log=quiet)  # already complete: nothing to do
+    assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_records(tmp_path, quiet, monkeypatch):
+    import harness.training as training
+
+    calls = {"n": 0}
+    real_step = training.training_step
+
+    def poisoned(task, optimizer, x, y, tracker=None):
+        calls["n"] += 1
+        loss = real_step(task, optimizer, x, y, tracker)
+        return loss * float("nan") if calls["n"] > 40 else loss
+
+    monkeypatch.setattr(training, "training_step", poisoned)
+    cfg = tiny_suite(rounds=5, measure={"steps": 1})
+    with pytest.raises(NonFiniteLossError, match=r"round \d, device \d: the training loss became nan"):
+        run_suite(cfg, tmp_path, log=quiet)
+    rounds = read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")
+    assert 1 <= len(rounds) < 5 and [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+
+
+def write_toml(path, rounds: int) -> None:
+    path.write_text(f"""
+name = "killme"
+rounds = {rounds}
+clients_per_round = 4
+batch_size = 16
+seeds = [0]
+device = "cpu"
+[data]
+name = "synthetic"
+synthetic_samples = 400
+[model]
+name = "cnn"
+width = 0.25
+[fleet]
+devices = 6
+low_mb = 0.2
+high_mb = 2.0
+[[methods]]
+method = "exclusive"
+""")
+
+
+def start(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rounds(path, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(read_jsonl(path)) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run never reached round {n}: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=40)
+    run_dir = tmp_path / "out" / "killme" / "exclusive-seed0"
+    proc = start([str(suite), "--out", "out"], tmp_path)
+    wait_for_rounds(run_dir / "rounds.jsonl", 3, proc)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "continue with --resume" in err
+    done = len(read_jsonl(run_dir / "rounds.jsonl"))
+    assert 3 <= done < 40
+    resumed = start([str(suite), "--out", "out", "--resume"], tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after round" in out
+
+    straight = start([str(suite), "--out", "ref"], tmp_path)
+    assert straight.wait(timeout=300) == 0
+    ref_dir = tmp_path / "ref" / "killme" / "exclusive-seed0"
+    for name in ("rounds.jsonl", "clients.jsonl"):
+        got, want = read_jsonl(run_dir / name), read_jsonl(ref_dir / name)
+        assert [r["round"] for r in got] == [r["round"] for r in want]
+        assert without_times(got) == without_times(want)
+    a = torch.load(run_dir / CHECKPOINT)["method"]["model"]
+    b = torch.load(ref_dir / CHECKPOINT)["method"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=1)
+    text = suite.read_text()
+    suite.write_text(text.replace('method = "exclusive"', 'method = "fedprox"'))
+    proc = start([str(suite)], tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1 and "unknown method 'fedprox'" in err
+    suite.write_text(text.replace('name = "synthetic"', 'name = "cifar10"\nroot = "nowhere"'))
+    proc = start([str(suite)], tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "cifar10 not found under nowhere" in err and "Traceback" not in err
+    suite.write_text(text.replace("low_mb = 0.2", "low_mb = -1"))
+    proc = start([str(suite)], tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "low_mb" in err
+    assert MB == 2**20

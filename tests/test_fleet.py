@@ -1,0 +1,55 @@
+"""Device budgets: seeded distributions and CSV traces, MB in, bytes out."""
+
+import pytest
+
+from harness.config import ConfigError, FleetConfig
+from harness.fleet import MB, build_fleet
+
+
+def budgets_mb(cfg: FleetConfig, seed: int = 0) -> list[float]:
+    return [d.budget / MB for d in build_fleet(cfg, seed)]
+
+
+def test_uniform_in_range_seeded_and_in_bytes():
+    cfg = FleetConfig(devices=50, low_mb=2.0, high_mb=6.0)
+    a, b = build_fleet(cfg, 3), build_fleet(cfg, 3)
+    assert a == b and len(a) == 50 and [d.id for d in a] == list(range(50))
+    assert all(2 * MB <= d.budget <= 6 * MB and isinstance(d.budget, int) for d in a)
+    assert build_fleet(cfg, 4) != a
+
+
+def test_tiers_draw_only_the_given_budgets_by_weight():
+    cfg = FleetConfig(devices=400, distribution="tiers", tiers_mb=[1.0, 8.0], tier_weights=[3.0, 1.0])
+    values = budgets_mb(cfg)
+    assert set(values) == {1.0, 8.0}
+    assert 0.65 < values.count(1.0) / 400 < 0.85
+
+
+def test_lognormal_median_near_configured():
+    values = sorted(budgets_mb(FleetConfig(devices=401, distribution="lognormal", median_mb=4.0, sigma=0.5)))
+    assert 3.4 < values[200] < 4.6 and min(values) > 0
+
+
+def test_trace_csv_with_header_and_speed(tmp_path):
+    path = tmp_path / "fleet.csv"
+    path.write_text("device_id,memory_mb,speed\n7,512,1.5\n9,1024\n")
+    fleet = build_fleet(FleetConfig(distribution="trace", trace=str(path)), 0)
+    assert [(d.id, d.budget, d.speed) for d in fleet] == [(7, 512 * MB, 1.5), (9, 1024 * MB, 1.0)]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("1,abc\n", "expected device_id,memory_mb"),
+    ("1,-5\n", "must be positive"),
+    ("1,5\n1,6\n", "repeats"),
+    ("device_id,memory_mb\n", "lists no device"),
+])
+def test_bad_traces(tmp_path, text, match):
+    path = tmp_path / "fleet.csv"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        build_fleet(FleetConfig(distribution="trace", trace=str(path)), 0)
+
+
+def test_missing_trace_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_fleet(FleetConfig(distribution="trace", trace=str(tmp_path / "nope.csv")), 0)

@@ -1,0 +1,146 @@
+"""The memory sources: the tensor tracker is exact, the estimate equals it, and the others behave."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness.config import OptimizerConfig
+from harness.data import Batches, DataBundle
+from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
+from harness.models import ModelSpec, build_model
+from harness.training import Task, make_optimizer, measured_step, train_local, training_step
+
+OPT = OptimizerConfig(lr=0.01, momentum=0.9, weight_decay=5e-4)
+CPU = torch.device("cpu")
+
+
+def random_bundle(n: int, shape: tuple[int, ...]) -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return DataBundle("random", x, y, x[:8], y[:8], 10, (0.5,) * shape[0], (0.25,) * shape[0])
+
+
+def frozen_task(name: str, shape: tuple[int, ...], frozen: int) -> Task:
+    model = build_model(ModelSpec(name, 10, shape[0], shape[-1]))
+    for block in model.blocks[:frozen]:
+        block.requires_grad_(False)
+    return Task(model)
+
+
+@pytest.mark.parametrize("batch", [32, 64])
+@pytest.mark.parametrize("frozen", [0, 2])
+@pytest.mark.parametrize(("name", "shape"), [("cnn", (1, 8, 8)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
+def test_estimate_equals_measured_training_peak(name, shape, frozen, batch):
+    """The estimate (fake tensors) against the harness's real local training, measured steps only."""
+    estimate = estimate_peak(lambda: frozen_task(name, shape, frozen), shape, 10, batch, OPT, steps=2)
+    torch.manual_seed(0)
+    batches = Batches(random_bundle(2 * batch, shape), torch.arange(2 * batch), batch, CPU)
+    measured = train_local(frozen_task(name, shape, frozen), batches, 1, OPT, measure_steps=2, measure_rss=False)
+    tensor = measured.memory["tensor"]
+    assert abs(estimate.peak - tensor["peak"]) <= 0.01 * tensor["peak"]
+    assert estimate.peak == tensor["peak"]  # in practice byte-exact
+    assert estimate.to_record() == tensor
+    assert sum(tensor[c] for c in CATEGORIES) == tensor["peak"]
+
+
+def test_frozen_blocks_cut_activations_gradients_and_optimizer_state():
+    full = estimate_peak(lambda: frozen_task("resnet18", (3, 32, 32), 0), (3, 32, 32), 10, 32, OPT)
+    frozen = estimate_peak(lambda: frozen_task("resnet18", (3, 32, 32), 3), (3, 32, 32), 10, 32, OPT)
+    assert frozen.categories["parameters"] == full.categories["parameters"]  # frozen weights still resident
+    for category in ("activations", "optimizer"):
+        assert frozen.categories[category] < full.categories[category]
+    assert frozen.peak < full.peak
+
+
+def test_agrees_with_torch_memtracker_on_a_model_without_frozen_parameters():
+    """Independent cross-check: torch's own MemTracker counts the same bytes, less the input batch."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    torch.manual_seed(0)
+    task = Task(build_model(ModelSpec("resnet18", 10, 3, 32)))
+    optimizer = make_optimizer(task.model, OPT)
+    mt = MemTracker()
+    mt.track_external(task.model, optimizer)
+    with mt:
+        for step in range(2):
+            training_step(task, optimizer, x, y)
+            if step == 0:
+                mt.reset_mod_stats()
+    theirs = mt.get_tracker_snapshot("peak")[CPU]["Total"]
+
+    torch.manual_seed(0)
+    task = Task(build_model(ModelSpec("resnet18", 10, 3, 32)))
+    optimizer = make_optimizer(task.model, OPT)
+    tracker = TensorTracker()
+    tracker.register_model(task.model)
+    loss = None
+    for _ in range(2):
+        loss = measured_step(tracker, task, optimizer, x, y)
+    inputs = x.nbytes + y.nbytes
+    ours = tracker.report().peak
+    assert loss is not None and 0 <= ours - inputs - theirs <= 8  # the previous step's 4-byte loss
+
+
+def test_hand_count_for_a_small_mlp():
+    """Parameters, momentum and the peak of a two-layer MLP, counted by hand."""
+    batch, d_in, hidden, d_out = 64, 100, 200, 10
+    model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    task = Task(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tracker = TensorTracker()
+    tracker.register_model(model)
+    x, y = torch.randn(batch, d_in), torch.randint(0, d_out, (batch,))
+    for _ in range(2):
+        measured_step(tracker, task, optimizer, x, y)
+    report = tracker.report()
+    p_bytes = 4 * (d_in * hidden + hidden + hidden * d_out + d_out)
+    assert report.categories["parameters"] == p_bytes
+    assert report.categories["optimizer"] == p_bytes  # one momentum buffer per parameter
+    assert report.categories["buffers"] == 0
+    # the peak holds at least weights + momentum + the input batch + the saved hidden layer
+    floor = 2 * p_bytes + x.nbytes + y.nbytes + 4 * batch * hidden
+    assert floor <= report.peak <= floor + 3 * p_bytes + 8 * batch * (hidden + d_out)
+
+
+def test_first_step_under_reports_until_optimizer_state_exists():
+    one = estimate_peak(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=1)
+    two = estimate_peak(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=2)
+    assert one.categories["optimizer"] == 0 < two.categories["optimizer"]
+    assert one.peak < two.peak
+
+
+def test_only_the_measured_steps_are_tracked():
+    batches = Batches(random_bundle(96, (1, 8, 8)), torch.arange(96), 32, CPU)
+    result = train_local(frozen_task("cnn", (1, 8, 8), 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
+    assert result.steps == 6 and result.memory["tensor"]["peak"] > 0
+
+
+def test_rss_source_reports_a_reset_high_water_mark():
+    if not sources.rss_supported():
+        pytest.skip("the rss source needs Linux /proc/self/clear_refs")
+    probes = sources.start_probes(CPU, rss=True)
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    probes.stop()
+    rss = probes.records()["rss"]
+    assert rss["delta"] >= 60 * 2**20 and rss["peak"] >= rss["start"]
+    del block
+
+
+def test_cuda_and_nvml_sources_are_absent_not_zero_on_cpu():
+    records = sources.start_probes(CPU, rss=False).records()
+    assert "cuda" not in records and "nvml" not in records and "rss" not in records
+    assert sources.nvml_for(CPU) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sources_and_estimate_on_gpu():
+    cuda = torch.device("cuda")
+    shape = (3, 32, 32)
+    estimate = estimate_peak(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, device=cuda)
+    batches = Batches(random_bundle(64, shape), torch.arange(64), 32, cuda)
+    result = train_local(frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
+    assert abs(estimate.peak - result.memory["tensor"]["peak"]) <= 0.01 * estimate.peak
+    assert result.memory["cuda"]["allocated_peak"] >= result.memory["tensor"]["peak"]
+    assert "nvml" in result.memory
