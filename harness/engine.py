@@ -28,6 +28,7 @@ from harness.methods import (
 )
 from harness.models import ModelSpec
 from harness.records import RunWriter, device_name, git_commit, now, versions, write_json
+from harness.summary import format_table, summary_rows
 from harness.training import evaluate, train_local
 
 Log = Callable[[str], None]
@@ -245,4 +246,5 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
     for entry, seed, name in runs:
         Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
+    log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

@@ -1,0 +1,40 @@
+"""The table printed at the end of a suite run: a first look before the report is rendered."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+from harness.fleet import MB
+from harness.records import read_jsonl
+
+
+def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
+    """Per label: final accuracy (mean over seeds), best, peak measured memory, participation."""
+    by_label: dict[str, list[list[dict]]] = defaultdict(list)
+    for label, run_dir in runs:
+        by_label[label].append(read_jsonl(folder / run_dir / "rounds.jsonl"))
+    rows = []
+    for label, seeds in by_label.items():
+        seeds = [rounds for rounds in seeds if rounds]
+        final = [r[-1]["accuracy"] for r in seeds if r[-1]["accuracy"] is not None]
+        best = [max((x["accuracy"] for x in r if x["accuracy"] is not None), default=None) for r in seeds]
+        peaks = [x["peak_tensor"] for r in seeds for x in r if x["peak_tensor"] is not None]
+        share = [x["participated"] / x["devices"] for r in seeds for x in r]
+        rows.append([
+            label,
+            f"{100 * mean(final):.1f}%" if final else "n/a",
+            f"{100 * mean(b for b in best if b is not None):.1f}%" if any(b is not None for b in best) else "n/a",
+            f"{max(peaks) / MB:.2f}" if peaks else "n/a",
+            f"{100 * mean(share):.0f}%" if share else "n/a",
+            str(len(seeds)),
+        ])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    head = ["method", "final acc", "best acc", "peak MB", "participation", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""``python -m harness``: list, memory, and the end-of-run summary table."""
+
+import json
+
+from conftest import tiny_suite
+
+from harness.cli import main
+from harness.engine import run_suite
+from harness.summary import format_table, summary_rows
+
+
+def test_list_names_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("fedavg", "exclusive", "allsmall", "resnet18", "vgg16", "digits", "cifar10", "dirichlet", "trace"):
+        assert word in out
+
+
+def test_memory_table_by_category(capsys):
+    assert main(["memory", "cnn", "--input", "1,8,8", "--batch", "32"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| full model"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "3.61" and cells[-1] == "+0.0%"  # 3,785,372 bytes, see tests/test_memory.py
+    assert abs(sum(float(c) for c in cells[2:8]) - 3.61) <= 0.03
+
+
+def test_memory_rejects_bad_arguments(capsys):
+    assert main(["memory", "resnet50"]) == 2
+    assert "unknown model 'resnet50'" in capsys.readouterr().err
+    assert main(["memory", "cnn", "--input", "8x8"]) == 2
+    assert "C,H,W" in capsys.readouterr().err
+
+
+def test_summary_table_values(tmp_path, quiet):
+    cfg = tiny_suite(seeds=[0, 1], rounds=2)
+    folder = run_suite(cfg, tmp_path, log=quiet)
+    rows = summary_rows(folder, [("fedavg", "fedavg-seed0"), ("fedavg", "fedavg-seed1")])
+    rounds = [[json.loads(x) for x in (folder / f"fedavg-seed{s}" / "rounds.jsonl").read_text().splitlines()]
+              for s in (0, 1)]
+    final = (rounds[0][-1]["accuracy"] + rounds[1][-1]["accuracy"]) / 2
+    peak = max(r["peak_tensor"] for seed in rounds for r in seed)
+    assert rows == [["fedavg", f"{100 * final:.1f}%",
+                     f"{100 * sum(max(r['accuracy'] for r in s) for s in rounds) / 2:.1f}%",
+                     f"{peak / 2**20:.2f}", "67%", "2"]]
+    assert format_table(rows).splitlines()[2].startswith("| fedavg |")
+    assert quiet[-1].strip().startswith("| method | final acc")
