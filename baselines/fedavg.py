@@ -93,10 +93,12 @@ class AllSmall(FedAvg):
     def global_spec(self) -> TaskSpec | None:
         """The largest width that the weakest device can train; None when even the smallest fails."""
         weakest = min(self.ctx.fleet, key=lambda d: d.budget)
-        ladder = [TaskSpec("width", w) for w in sorted(self.params.widths, reverse=True)]
-        choice = self.largest_fitting(ladder, weakest)
+        choice = self.largest_fitting(self.memory_specs(), weakest)
         self.no_fit_reason = choice.reason if isinstance(choice, Excluded) else ""
         return None if isinstance(choice, Excluded) else choice
+
+    def memory_specs(self) -> list[TaskSpec]:
+        return [TaskSpec("width", w) for w in sorted(self.params.widths, reverse=True)]
 
     def choose(self, rnd: int, device: Device) -> TaskSpec | Excluded:
         if self.spec is None:

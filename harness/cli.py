@@ -9,14 +9,14 @@ from collections.abc import Sequence
 import torch
 
 from harness.config import ConfigError, OptimizerConfig, load_suite
-from harness.data import DATASETS, PARTITIONS, DataError, PartitionError
+from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError
 from harness.engine import RunExistsError, run_suite
 from harness.fleet import FLEETS, MB, Device
 from harness.memory import CATEGORIES
-from harness.methods import METHODS, Estimator, MethodContext, TaskSpec
+from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
 from harness.models import MODELS, ModelSpec
 from harness.plugins import load_plugins
-from harness.training import NonFiniteLossError
+from harness.training import NonFiniteLossError, train_local
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -44,7 +44,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def memory_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, int]]]:
+def memory_tasks(args: argparse.Namespace) -> list[tuple[str, Method, TaskSpec]]:
+    """(label, method, spec) for full-model training and, with ``--method``, each of its tasks."""
     if args.model not in MODELS:
         raise ConfigError(f"unknown model {args.model!r}; allowed: {', '.join(MODELS.names())}")
     shape = parse_shape(args.input)
@@ -54,17 +55,41 @@ def memory_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, int]]]:
     ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, torch.device("cpu"),
                         estimator)
     fedavg = METHODS["fedavg"](METHODS["fedavg"].parse_params({}), ctx)
-    rows = [("full model (FedAvg)", fedavg.estimate(TaskSpec("full")).to_record())]
+    tasks = [("full model (FedAvg)", fedavg, TaskSpec("full"))]
     if args.method != "fedavg":
         cls = METHODS[args.method]
         with torch.device("meta"):  # the method's global state is never trained here
             method = cls(cls.parse_params({}), ctx)
-        rows += [(s.label, method.estimate(s).to_record()) for s in method.memory_specs()]
-    return rows
+        tasks += [(s.label, method, s) for s in method.memory_specs()]
+    return tasks
+
+
+def measure_for_real(args: argparse.Namespace, method: Method, spec: TaskSpec) -> dict[str, float]:
+    """Train the task for ``--steps`` steps on random data: the tracker's peak, the process RSS
+    high-water mark, and memory-profiler's independent sampling of RSS (MB, deltas)."""
+    from memory_profiler import memory_usage
+
+    shape = parse_shape(args.input)
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * args.steps
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, args.classes, (n,), generator=g)
+    data = DataBundle("random", x, y, x, y, args.classes, (0.5,) * shape[0], (0.25,) * shape[0])
+    batches = Batches(data, torch.arange(n), args.batch, torch.device("cpu"))
+    task = method.build_task(spec)
+    baseline = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
+    peak_mb, result = memory_usage(
+        (train_local, (task, batches, 1, OptimizerConfig(momentum=args.momentum), args.steps)),
+        interval=0.005, max_usage=True, retval=True)
+    row = {"tensor": result.memory["tensor"]["peak"] / MB, "memory-profiler": peak_mb - baseline}
+    if "rss" in result.memory:
+        row["rss"] = result.memory["rss"]["delta"] / MB
+    return row
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    rows = memory_rows(args)
+    tasks = memory_tasks(args)
+    rows = [(label, method.estimate(spec).to_record()) for label, method, spec in tasks]
     full = rows[0][1]["peak"]
     head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
     print(f"# estimated training peak: {args.model} width {args.width:g}, input {args.input}, batch {args.batch}, "
@@ -75,6 +100,15 @@ def cmd_memory(args: argparse.Namespace) -> int:
         cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
                  f"{100 * (rec['peak'] / full - 1):+.1f}%"]
         print("| " + " | ".join(cells) + " |")
+    if args.measure:
+        print("\n# measured for real on random data (MB; rss and memory-profiler are process deltas, "
+              "which include allocator caches and are never comparable byte for byte)")
+        print("| task | estimate | tensor | rss delta | memory-profiler delta |\n|---|---|---|---|---|")
+        for (label, method, spec), (_, rec) in zip(tasks, rows):
+            real = measure_for_real(args, method, spec)
+            rss = f"{real['rss']:.2f}" if "rss" in real else "absent"
+            print(f"| {label} | {rec['peak'] / MB:.2f} | {real['tensor']:.2f} | {rss} | "
+                  f"{real['memory-profiler']:.2f} |")
     return 0
 
 
@@ -98,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--momentum", type=float, default=0.9)
     mem.add_argument("--steps", type=int, default=2, help="steps simulated (2: optimizer state exists)")
     mem.add_argument("--method", default="fedavg", help="also tabulate this method's tasks (stages, widths)")
+    mem.add_argument("--measure", action="store_true",
+                     help="also train each task for real and compare with the tracker, RSS and memory-profiler")
     mem.set_defaults(func=cmd_memory)
     return parser
 
