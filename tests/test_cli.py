@@ -45,3 +45,12 @@ def test_summary_table_values(tmp_path, quiet):
                      f"{peak / 2**20:.2f}", "67%", "2"]]
     assert format_table(rows).splitlines()[2].startswith("| fedavg |")
     assert quiet[-1].strip().startswith("| method | final acc")
+
+
+def test_memory_measure_compares_estimate_tracker_and_rss(capsys):
+    assert main(["memory", "cnn", "--input", "1,8,8", "--batch", "16", "--measure"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| full model") and line.count("|") == 6)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == cells[2]  # estimate == tracker
+    assert float(cells[4]) >= 0  # memory-profiler saw the process
