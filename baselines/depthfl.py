@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, Method, TaskSpec, register_method, weighted_average
+from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, register_method, weighted_average
 from harness.models.base import ClassifierHead
 from harness.training import Task
 
@@ -84,7 +84,7 @@ def depthfl_loss(temperature: float, distill: bool):
 
 
 @register_method("depthfl")
-class DepthFL(Method):
+class DepthFL(GlobalModelMethod):
     Params = DepthFLParams
 
     def __init__(self, params: Any, ctx) -> None:
@@ -128,9 +128,3 @@ class DepthFL(Method):
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"deepest": Deepest(self.model), "ensemble": Ensemble(self.model)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])

@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, Method, TaskSpec, register_method, weighted_average
+from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, register_method, weighted_average
 from harness.training import Task
 
 FULL = TaskSpec("full")
@@ -27,7 +25,7 @@ class FedAvgParams:
 
 
 @register_method("fedavg")
-class FedAvg(Method):
+class FedAvg(GlobalModelMethod):
     Params = FedAvgParams
     respects_budgets = False
 
@@ -57,15 +55,6 @@ class FedAvg(Method):
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
         weights = [r.local.num_samples if self.params.weighted else 1 for r in results]
         self.model.load_state_dict(weighted_average([r.local.state for r in results], weights))
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        return {"global": self.model}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
 
 
 @register_method("exclusive")

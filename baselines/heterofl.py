@@ -18,9 +18,10 @@ from torch import nn
 from baselines.norms import static_norm
 from baselines.submodel import Pick, rolling
 from baselines.width import WidthMethod, WidthParams
+from harness.fleet import Device
 from harness.methods import TaskSpec, register_method
 from harness.models.base import NormLayer
-from harness.training import Task
+from harness.training import LossFn, Task
 
 
 @dataclass
@@ -30,12 +31,14 @@ class HeteroFLParams(WidthParams):
     masked_ce: bool = False  # label skew: logits of classes absent from the batch are masked out
 
 
-def masked_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """HeteroFL's masked loss: absent classes' logits are set to 0. The paper masks by the client's
-    label set; the harness gives methods no data, so the batch's labels stand in for it."""
-    logits = model(x)
-    present = torch.zeros(logits.shape[1], dtype=torch.bool, device=y.device).index_fill(0, y, True)
-    return F.cross_entropy(logits.masked_fill(~present, 0.0), y)
+def masked_cross_entropy(label_counts: list[int], device: torch.device) -> LossFn:
+    """HeteroFL's masked loss: logits of classes absent from the client's data are set to 0."""
+    absent = torch.tensor([c == 0 for c in label_counts], device=device)
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x).masked_fill(absent, 0.0), y)
+
+    return loss
 
 
 @register_method("heterofl")
@@ -47,8 +50,14 @@ class HeteroFL(WidthMethod):
 
     def build_task(self, spec: TaskSpec) -> Task:
         task = super().build_task(spec)
+        if self.params.masked_ce:  # the estimate runs the same masking, with no class absent
+            task.loss = masked_cross_entropy([1] * self.ctx.num_classes, self.ctx.device)
+        return task
+
+    def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
+        task = super().client_task(rnd, device, spec)
         if self.params.masked_ce:
-            task.loss = masked_cross_entropy
+            task.loss = masked_cross_entropy(self.ctx.client_labels[device.id], self.ctx.device)
         return task
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 from baselines.norms import static_norm
 from baselines.submodel import Pick, SubModel, aggregate, leftmost, shapes_of, twin_shapes
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, Method, TaskSpec
+from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec
 from harness.models.base import NormLayer
 from harness.training import Task
 
@@ -31,7 +29,7 @@ class WidthParams:
             raise ValueError(f"rates must not repeat, got {self.rates}")
 
 
-class WidthMethod(Method):
+class WidthMethod(GlobalModelMethod):
     """The global model at full width; a client trains the largest rate whose estimate fits."""
 
     Params = WidthParams
@@ -71,12 +69,3 @@ class WidthMethod(Method):
         uploads = [(self.submodel(rnd, r.spec.value), r.local.state,
                     r.local.num_samples if self.params.weighted else 1) for r in results]
         self.model.load_state_dict(aggregate(self.model.state_dict(), uploads))
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        return {"global": self.model}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])

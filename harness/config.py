@@ -63,7 +63,7 @@ class OptimizerConfig:
 
 @dataclass
 class MeasureConfig:
-    steps: int = 2  # training steps measured per client task; the peak is reached at the second
+    steps: int = 2  # full-size batches measured per client task; the peak is reached at the second
     rss: bool = True
 
 

@@ -100,8 +100,10 @@ class Run:
         spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
         estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
                               cfg.measure.steps, device)
+        labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
+                  for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
-                                 device, estimator)
+                                 device, estimator, labels)
         cls = METHODS[entry.method]
         self.params = cls.parse_params(entry.params, f"methods ({entry.label})")
         torch.manual_seed(derived_seed(seed, 0))

@@ -83,7 +83,7 @@ class MethodContext:
     seed: int
     device: torch.device
     estimator: Estimator
-    extra: dict[str, Any] = field(default_factory=dict)
+    client_labels: dict[int, list[int]] = field(default_factory=dict)  # device id -> label histogram
 
     def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
         return build_model(self.model, self.width * width, norm_layer)
@@ -173,6 +173,21 @@ class Method(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class GlobalModelMethod(Method):
+    """A method whose whole server state is one global model, ``self.model``, evaluated as is."""
+
+    model: nn.Module
+
+    def eval_models(self) -> dict[str, nn.Module | None]:
+        return {"global": self.model}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
 
 
 def over_budget(device: Device, spec: TaskSpec, need: int) -> str:

@@ -93,8 +93,9 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def train_local(task: Task, batches: Batches, epochs: int, cfg: OptimizerConfig, measure_steps: int,
                 measure_rss: bool = True, context: str = "") -> LocalResult:
-    """Train ``task.model`` in place; the first ``measure_steps`` steps are measured, the rest run
-    untouched, so measurement barely changes training speed."""
+    """Train ``task.model`` in place. Steps are measured until ``measure_steps`` full-size batches
+    have run (short last batches are measured but not counted: the peak needs a full batch once the
+    optimizer state exists); the rest run untouched, so measurement barely changes training speed."""
     model = task.model.to(batches.device).train()
     bytes_down = tensor_bytes(model.state_dict())
     optimizer = make_optimizer(model, cfg)
@@ -102,12 +103,13 @@ def train_local(task: Task, batches: Batches, epochs: int, cfg: OptimizerConfig,
     tracker.register_model(model)
     probes = sources.start_probes(batches.device, measure_rss)
     start = time.perf_counter()
-    total, steps, loss = 0.0, 0, None
+    total, steps, full_measured, loss = 0.0, 0, 0, None
     for _ in range(epochs):
         for x, y in batches:
-            if steps < measure_steps:
+            if full_measured < measure_steps:
                 loss = measured_step(tracker, task, optimizer, x, y)
-                if steps + 1 == measure_steps:
+                full_measured += len(y) == batches.batch_size
+                if full_measured == measure_steps:
                     probes.stop()
             else:
                 loss = training_step(task, optimizer, x, y)

@@ -1,0 +1,160 @@
+"""Read a suite folder's records (docs/records.md) into pandas DataFrames.
+
+This is the only module that knows the file layout. Records may be partial (a run still going, a
+torn last line, a run that never started): whatever is missing becomes a note, never an error, so
+a suite can be looked at while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "activations", "other")
+TENSOR = "memory.tensor."  # prefix of the measured tensor peak and its categories in clients
+ROUND_COLUMNS = (
+    "round", "accuracy", "loss", "devices", "eligible", "selected", "participated", "excluded",
+    "peak_tensor", "train_time", "round_time", "wall_time", "bytes_up", "bytes_down",
+)
+CLIENT_COLUMNS = ("round", "budget", TENSOR + "peak", *(TENSOR + c for c in CATEGORIES))
+RUN_KEYS = ("label", "method", "seed")
+
+
+class ReportError(Exception):
+    """The folder holds nothing a report could be rendered from."""
+
+
+@dataclass
+class Suite:
+    """A suite's records: one row per run, per round and per client-round, plus the fleets."""
+
+    path: Path
+    name: str
+    info: dict[str, Any]  # suite.json; {} when it is missing
+    runs: pd.DataFrame  # label, method, seed, dir: every run the suite lists, started or not
+    manifests: dict[tuple[str, int], dict[str, Any]]
+    rounds: pd.DataFrame  # run keys + rounds.jsonl keys, nested ones dotted ("evals.full.accuracy")
+    clients: pd.DataFrame  # run keys + clients.jsonl keys, nested ones dotted ("memory.tensor.peak")
+    fleet: pd.DataFrame  # seed, id, budget, speed: one row per device of each seed's fleet
+    notes: list[str]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.runs["label"].unique())
+
+    @property
+    def config(self) -> dict[str, Any]:
+        if self.info.get("config"):
+            return self.info["config"]
+        return next((m["config"] for m in self.manifests.values() if m.get("config")), {})
+
+
+def read_json(path: Path, notes: list[str], name: str) -> dict[str, Any]:
+    """A JSON object, or {} with a note when the file is missing or does not parse."""
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        notes.append(f"{name}: missing")
+        return {}
+    except json.JSONDecodeError as err:
+        notes.append(f"{name}: does not parse ({err.msg}); ignored")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_jsonl(path: Path, notes: list[str], name: str) -> list[dict[str, Any]]:
+    """Every line that parses; a torn line (a run killed mid-write) is skipped with a note."""
+    if not path.exists():
+        notes.append(f"{name}: missing")
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            notes.append(f"{name}: line {number} does not parse (torn write?); skipped")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _identity(folder: Path) -> dict[str, Any] | None:
+    """Which run a folder holds: from its manifest, else from its first record line."""
+    candidates = [read_json(folder / "manifest.json", [], ""),
+                  *read_jsonl(folder / "rounds.jsonl", [], "")[:1],
+                  *read_jsonl(folder / "clients.jsonl", [], "")[:1]]
+    found = next((c for c in candidates if all(k in c for k in RUN_KEYS)), None)
+    return {**{k: found[k] for k in RUN_KEYS}, "dir": folder.name} if found else None
+
+
+def _listed_runs(path: Path, info: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """The runs suite.json lists, or, without it, every sub-folder that holds records."""
+    keys = (*RUN_KEYS, "dir")
+    listed = [r for r in info.get("runs", []) if isinstance(r, dict) and all(k in r for k in keys)]
+    if listed:
+        return [{k: r[k] for k in keys} for r in listed]
+    if info:
+        notes.append("suite.json lists no runs; using the run folders found")
+    found = (_identity(folder) for folder in sorted(p for p in path.iterdir() if p.is_dir()))
+    return [run for run in found if run]
+
+
+def _frame(rows: list[dict[str, Any]], numeric: tuple[str, ...], keys: list[str]) -> pd.DataFrame:
+    """Flatten nested records; guarantee the columns the reports use, numeric, one row per key."""
+    frame = pd.json_normalize(rows) if rows else pd.DataFrame()
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
+    for column in (*RUN_KEYS, *keys):
+        if column not in frame:
+            frame[column] = pd.Series(dtype=object)
+    return frame.drop_duplicates(keys, keep="last").sort_values(keys, ignore_index=True)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read every run of the suite folder at ``path``; raise ReportError only if there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a folder of suite records")
+    notes: list[str] = []
+    info = read_json(path / "suite.json", notes, "suite.json")
+    runs, manifests, rounds, clients, fleets = [], {}, [], [], []
+    for run in _listed_runs(path, info, notes):
+        runs.append(run)
+        folder, name = path / run["dir"], f"{run['label']} seed {run['seed']}"
+        if not folder.is_dir():
+            notes.append(f"{name}: no run folder {run['dir']!r} (not started?)")
+            continue
+        manifest = read_json(folder / "manifest.json", notes, f"{run['dir']}/manifest.json")
+        manifests[run["label"], run["seed"]] = manifest
+        fleets += [{"seed": run["seed"], **d} for d in manifest.get("fleet", [])]
+        identity = {k: run[k] for k in RUN_KEYS}
+        run_rounds = [{**r, **identity}
+                      for r in read_jsonl(folder / "rounds.jsonl", notes, f"{run['dir']}/rounds.jsonl")]
+        rounds += run_rounds
+        clients += [{**c, **identity}
+                    for c in read_jsonl(folder / "clients.jsonl", notes, f"{run['dir']}/clients.jsonl")]
+        expected = (manifest.get("config") or info.get("config") or {}).get("rounds")
+        recorded = len({r.get("round") for r in run_rounds})
+        if expected and recorded < expected:
+            notes.append(f"{name}: {recorded} of {expected} rounds recorded (still running or stopped)")
+    if not runs:
+        raise ReportError(f"{path} holds no run records (no suite.json runs, no run folders)")
+    fleet = pd.DataFrame(fleets, columns=["seed", "id", "budget", "speed"]).drop_duplicates(["seed", "id"])
+    return Suite(
+        path=path,
+        name=info.get("suite") or path.name,
+        info=info,
+        runs=pd.DataFrame(runs).sort_values(["label", "seed"], ignore_index=True),
+        manifests=manifests,
+        rounds=_frame(rounds, ROUND_COLUMNS, ["label", "seed", "round"]),
+        clients=_frame(clients, CLIENT_COLUMNS, ["label", "seed", "round", "device"]),
+        fleet=fleet.reset_index(drop=True),
+        notes=notes,
+    )

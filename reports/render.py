@@ -1,0 +1,73 @@
+"""Render every figure and table of a suite folder into one output folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reports import figures, stages
+from reports.html import index_html
+from reports.load import load_suite
+from reports.markdown import summary_markdown
+from reports.page import FIGURES, SUMMARY_TEXT, Page, Section
+from reports.style import FORMATS, method_styles, save
+from reports.tables import config_table, display, methods_table, provenance_table, reference_label, summarize
+
+STAGE_FIGURES = ("neulite_stage_memory", "neulite_stage_accuracy")
+
+
+@dataclass
+class Report:
+    out: Path
+    files: list[Path]
+    notes: list[str]
+
+
+def render(suite_dir: str | Path, out: str | Path | None = None, target: float = 0.9) -> Report:
+    """Read the records, write the figures (PNG and SVG), summary.md and index.html into ``out``
+    (default SUITE_DIR/report) and return what was written and what is missing."""
+    suite = load_suite(suite_dir)
+    out = Path(out) if out else suite.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    styles = method_styles(suite.labels)
+    summary, notes = summarize(suite, target)
+    notes = suite.notes + notes
+    reference = reference_label(suite)
+    built = {
+        "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles),
+        "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles),
+        "memory_by_method": lambda: figures.memory_by_method(suite.clients, suite.fleet, styles),
+        "participation": lambda: figures.participation(suite.rounds, styles),
+        "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles),
+        "neulite_stage_memory": lambda: stages.neulite_stage_memory(suite.clients, styles),
+        "neulite_stage_accuracy": lambda: stages.neulite_stage_accuracy(suite.rounds, styles),
+        "time_to_target": lambda: figures.time_to_target(summary, styles, target, reference),
+    }
+    files, shown = [], []
+    has_neulite = (suite.runs["method"] == "neulite").any()
+    for stem in FIGURES:
+        fig = built[stem]()
+        if fig is None:
+            for ext in FORMATS:  # never leave a stale figure from an earlier render
+                (out / f"{stem}.{ext}").unlink(missing_ok=True)
+            if stem not in STAGE_FIGURES or has_neulite:
+                notes.append(f"{stem}: nothing to plot yet; not rendered")
+            continue
+        files += save(fig, out, stem)
+        shown.append(stem)
+    if suite.fleet.empty:
+        notes.append("no fleet in any manifest: budgets not drawn")
+    page = Page(
+        title=f"Report: suite {suite.name}",
+        summary=Section("Summary", SUMMARY_TEXT, display(summary, target, reference)),
+        notes=notes,
+        figures=shown,
+        details=[Section("Methods", "", methods_table(suite)),
+                 Section("Configuration", "The suite config as dotted keys (`--set` syntax).",
+                         config_table(suite)),
+                 Section("Provenance", "", provenance_table(suite))],
+    )
+    for name, text in (("summary.md", summary_markdown(page)), ("index.html", index_html(page))):
+        (out / name).write_text(text)
+        files.append(out / name)
+    return Report(out=out, files=files, notes=notes)

@@ -1,0 +1,101 @@
+"""NeuLite's per-stage figures, from the records that carry a ``stage`` key: memory per stage and
+each evaluated model's accuracy over rounds with the stages marked. One panel per such label, so
+ablations sit side by side."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from reports.figures import CI_NOTE, PEAK, plot_band, round_axis, stacked_bars
+from reports.style import MB, outside_legend, themed
+
+LINESTYLES = ("-", "--", ":", "-.")
+MAX_STAGE_TICKS = 12
+
+
+def _staged(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Rows with a stage (and the given columns), or an empty frame when no run has stages."""
+    if "stage" not in frame:
+        return frame.iloc[0:0]
+    return frame.dropna(subset=["stage", *columns])
+
+
+def stage_name(stage: float) -> str:
+    return f"{stage:g}"
+
+
+@themed
+def neulite_stage_memory(clients: pd.DataFrame, styles: dict) -> Figure | None:
+    """Per stage, the categories of the client with the highest measured peak."""
+    staged = _staged(clients, PEAK)
+    if staged.empty:
+        return None
+    labels = sorted(staged["label"].unique())
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels) + 2.2, 4.4), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, label in zip(axes[0], labels, strict=True):
+        rows = staged[staged["label"] == label]
+        tops = rows.loc[rows.groupby("stage")[PEAK].idxmax()].sort_values("stage")
+        stacked_bars(ax, tops)
+        ax.set_xticks(range(len(tops)), [stage_name(s) for s in tops["stage"]])
+        ax.set_xlabel("Stage")
+        ax.set_title(label, color=styles[label]["color"])
+        ax.set_ylim(0, staged[PEAK].max() / MB * 1.12)
+    axes[0, 0].set_ylabel("Peak training memory (MB, measured tensors)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    outside_legend(axes[0, -1], handles=handles[::-1], labels=names[::-1])
+    fig.suptitle("NeuLite: peak memory per stage (client with the highest peak)", fontweight="bold")
+    return fig
+
+
+def _stage_spans(rounds: pd.DataFrame) -> list[tuple[float, float, float]]:
+    """(first round, last round, stage) for each run of rounds in one stage (most common over seeds)."""
+    per_round = rounds.groupby("round")["stage"].agg(lambda s: s.mode().iloc[0]).sort_index()
+    spans: list[tuple[float, float, float]] = []
+    for r, stage in per_round.items():
+        if spans and spans[-1][2] == stage:
+            spans[-1] = (spans[-1][0], r, stage)
+        else:
+            spans.append((r, r, stage))
+    return spans
+
+
+@themed
+def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
+    """Accuracy of every evaluated model (e.g. "stage" and "full") by round, stages shaded."""
+    staged = _staged(rounds)
+    models = [c for c in staged.columns if c.startswith("evals.") and c.endswith(".accuracy")
+              and staged[c].notna().any()]
+    if staged.empty or not models:
+        return None
+    labels = sorted(staged["label"].unique())
+    fig, axes = plt.subplots(1, len(labels), figsize=(5.0 * len(labels) + 2.2, 4.2), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, label in zip(axes[0], labels, strict=True):
+        rows = staged[staged["label"] == label]
+        spans = _stage_spans(rows)
+        for first, last, _ in spans[1::2]:
+            ax.axvspan(first - 0.5, last + 0.5, color="0.92", zorder=0)
+        every = math.ceil(len(spans) / MAX_STAGE_TICKS)  # thinned so the numbers never overlap
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([(first + last) / 2 for first, last, _ in spans[::every]],
+                       [stage_name(stage) for _, _, stage in spans[::every]])
+        top.tick_params(length=0, labelsize="small", labelcolor="0.35")
+        top.set_xlabel("Stage (shaded alternately)", fontsize="small", color="0.35")
+        for i, model in enumerate(models):
+            plot_band(ax, rows, model, "round", styles[label], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                      label=model.removeprefix("evals.").removesuffix(".accuracy") + " model")
+        ax.set_title(label, color=styles[label]["color"])
+        ax.set_xlabel("Round")
+        round_axis(ax)
+    axes[0, 0].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    axes[0, 0].set_ylabel("Test accuracy")
+    multi_seed = staged.groupby("label")["seed"].nunique().max() > 1
+    outside_legend(axes[0, -1], title=CI_NOTE if multi_seed else None)
+    fig.suptitle("NeuLite: accuracy by round, per evaluated model", fontweight="bold")
+    return fig
