@@ -32,6 +32,7 @@ from harness.summary import format_table, summary_rows
 from harness.training import evaluate, train_local
 
 Log = Callable[[str], None]
+SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
 
 
 class RunExistsError(RuntimeError):
@@ -154,6 +155,9 @@ class Run:
                 result = self.train_client(rnd, c)
                 results.append(result)
                 row.update(self.trained_fields(result))
+                if result.local.train_time >= SLOW_CLIENT_S:  # long rounds show their progress
+                    self.log(f"{self.tag} round {rnd}: client {len(results)}/{len(chosen)} (device "
+                             f"{c.device.id}, {c.spec.label}) trained in {result.local.train_time:.1f} s")
             elif not c.reason:
                 row["status"] = "not_selected"
             rows.append(row)

@@ -31,7 +31,7 @@ def plot_band(ax: Axes, rounds: pd.DataFrame, y: str, x: str, style: dict, ci: b
     ax.plot(b["x"], b["mean"], color=style["color"], marker=style["marker"], markersize=4,
             markevery=markevery, **line)
     if ci and (b["n"] > 1).any():
-        ax.fill_between(b["x"], b["lo"].clip(0, 1), b["hi"].clip(0, 1), color=style["color"], alpha=0.18,
+        ax.fill_between(b["x"], b["lo"].clip(0, 1), b["hi"].clip(0, 1), color=style["color"], alpha=0.12,
                         linewidth=0)
 
 

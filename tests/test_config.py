@@ -114,3 +114,9 @@ def test_bad_override_and_bad_files(tmp_path):
     (tmp_path / "broken.toml").write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_suite(tmp_path / "broken.toml")
+
+
+@pytest.mark.parametrize("name", ["quick", "baselines", "neulite", "cifar10"])
+def test_every_shipped_suite_validates(name):
+    suite = load_suite(REPO / "suites" / f"{name}.toml")
+    assert suite.methods and suite.rounds >= 1
