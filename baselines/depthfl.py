@@ -9,6 +9,7 @@ The server evaluates the deepest classifier and the ensemble of all of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, register_method, weighted_average
+from harness.methods import (
+    ClientResult,
+    Excluded,
+    GlobalModelMethod,
+    TaskSpec,
+    client_weights,
+    register_method,
+    weighted_average,
+)
 from harness.models.base import ClassifierHead
 from harness.training import Task
 
@@ -63,8 +72,9 @@ class Ensemble(Deepest):
     """Log of the classifiers' mean softmax: logits whose cross-entropy is the ensemble's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([F.softmax(z, 1) for z in self.net(x)]).mean(0)
-        return torch.log(probs)
+        logits = self.net(x)
+        log_probs = torch.stack([F.log_softmax(z, 1) for z in logits])
+        return torch.logsumexp(log_probs, 0) - math.log(len(logits))  # stays finite where softmax underflows
 
 
 def depthfl_loss(temperature: float, distill: bool):
@@ -122,7 +132,7 @@ class DepthFL(GlobalModelMethod):
         for key in state:
             holders = [r for r in results if key in r.local.state]
             if holders:
-                weights = [r.local.num_samples if self.params.weighted else 1 for r in holders]
+                weights = client_weights(holders, self.params.weighted)
                 state[key] = weighted_average([{key: r.local.state[key]} for r in holders], weights)[key]
         self.model.load_state_dict(state)
 

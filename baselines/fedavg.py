@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, register_method, weighted_average
+from harness.methods import (
+    ClientResult,
+    Excluded,
+    GlobalModelMethod,
+    TaskSpec,
+    client_weights,
+    register_method,
+    weighted_average,
+)
 from harness.training import Task
 
 FULL = TaskSpec("full")
@@ -53,7 +61,7 @@ class FedAvg(GlobalModelMethod):
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
-        weights = [r.local.num_samples if self.params.weighted else 1 for r in results]
+        weights = client_weights(results, self.params.weighted)
         self.model.load_state_dict(weighted_average([r.local.state for r in results], weights))
 
 

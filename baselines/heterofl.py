@@ -28,7 +28,7 @@ from harness.training import LossFn, Task
 class HeteroFLParams(WidthParams):
     weighted: bool = False  # the paper's code averages each entry over its clients, unweighted
     scaler: bool = True
-    masked_ce: bool = False  # label skew: logits of classes absent from the batch are masked out
+    masked_ce: bool = False  # label skew: logits of classes absent from the client's data are masked out
 
 
 def masked_cross_entropy(label_counts: list[int], device: torch.device) -> LossFn:

@@ -12,7 +12,7 @@ from typing import Any
 from baselines.norms import static_norm
 from baselines.submodel import Pick, SubModel, aggregate, leftmost, shapes_of, twin_shapes
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec
+from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, client_weights
 from harness.models.base import NormLayer
 from harness.training import Task
 
@@ -66,6 +66,6 @@ class WidthMethod(GlobalModelMethod):
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
-        uploads = [(self.submodel(rnd, r.spec.value), r.local.state,
-                    r.local.num_samples if self.params.weighted else 1) for r in results]
+        weights = client_weights(results, self.params.weighted)
+        uploads = [(self.submodel(rnd, r.spec.value), r.local.state, w) for r, w in zip(results, weights)]
         self.model.load_state_dict(aggregate(self.model.state_dict(), uploads))

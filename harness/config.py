@@ -253,6 +253,9 @@ def validate(suite: SuiteConfig) -> None:
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
     _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
+    _check(suite.measure.steps >= 2 or suite.optimizer.momentum == 0,
+           "measure.steps must be at least 2 with momentum: the first step has no optimizer state yet, "
+           "so measuring it alone would under-report the peak")
     _check(bool(suite.methods), "methods: the suite names no method; add a [[methods]] table")
     labels = set()
     for i, entry in enumerate(suite.methods):

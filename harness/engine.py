@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from harness.training import evaluate, train_local
 
 Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
+RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out"}  # may change between a run and its resume
 
 
 class RunExistsError(RuntimeError):
@@ -50,6 +52,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def deterministic_kernels() -> None:
+    """cuDNN's autotuner picks kernels by timing, so runs would differ; fix them."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 @dataclass
@@ -129,20 +137,40 @@ class Run:
 
     def execute(self, resume: bool) -> None:
         first, wall_time = 1, 0.0
-        checkpoint = self.writer.load_checkpoint() if resume else None
-        if checkpoint is not None:
-            self.method.load_state_dict(checkpoint["method"])
-            first, wall_time = checkpoint["round"] + 1, checkpoint["wall_time"]
-            self.writer.truncate_after(checkpoint["round"])
-            if first <= self.cfg.rounds:
-                self.log(f"{self.tag} resuming after round {checkpoint['round']}")
-        else:
-            if self.writer.has_records():
-                raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
-                                     "continue it, or choose another --out")
+        if not self.writer.has_records():
             self.writer.write_manifest(self.manifest())
+        elif not resume:
+            raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
+                                 "continue it, or choose another --out")
+        else:
+            self.check_same_config()
+            checkpoint = self.writer.load_checkpoint()
+            done = 0 if checkpoint is None else checkpoint["round"]
+            if checkpoint is not None:
+                self.method.load_state_dict(checkpoint["method"])
+                first, wall_time = done + 1, checkpoint["wall_time"]
+            self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
+            if first <= self.cfg.rounds:
+                self.log(f"{self.tag} resuming after round {done}")
         for rnd in range(first, self.cfg.rounds + 1):
             wall_time = self.round(rnd, wall_time)
+
+    def check_same_config(self) -> None:
+        """Resuming with another config would mix two experiments in one set of records. More rounds,
+        and other seeds or methods beside this run, are allowed: they leave this run's past intact."""
+        recorded = self.writer.read_manifest()
+        current = json.loads(json.dumps(self.manifest_identity()))
+        for part, values in current.items():
+            old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
+            if old != values:
+                keys = sorted(k for k in values.keys() | old.keys() if old.get(k) != values.get(k))
+                raise ConfigError(f"cannot resume {self.writer.folder}: its records were made with another "
+                                  f"{part.replace('_', ' ')} ({', '.join(keys)}); use the same suite and "
+                                  "--set values, or choose another --out")
+
+    def manifest_identity(self) -> dict[str, dict[str, Any]]:
+        config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}
+        return {"config": config, "method_params": dataclasses.asdict(self.params)}
 
     def round(self, rnd: int, wall_time: float) -> float:
         start = time.perf_counter()
@@ -167,7 +195,7 @@ class Run:
                  for name, model in self.method.eval_models().items()}
         round_time = time.perf_counter() - start
         wall_time += round_time
-        record = self.round_row(rnd, candidates, results, evals, round_time, wall_time)
+        record = self.round_row(rnd, candidates, chosen, results, evals, round_time, wall_time)
         self.writer.append_round(record, rows)
         self.writer.save_checkpoint({"round": rnd, "wall_time": wall_time, "method": self.method.state_dict()})
         self.log_round(record)
@@ -199,7 +227,7 @@ class Run:
                 "samples": local.num_samples, "steps": local.steps, "train_loss": local.train_loss,
                 "train_time": local.train_time, "bytes_up": local.bytes_up, "bytes_down": local.bytes_down}
 
-    def round_row(self, rnd: int, candidates: list[Candidate], results: list[ClientResult],
+    def round_row(self, rnd: int, candidates: list[Candidate], chosen: set[int], results: list[ClientResult],
                   evals: dict[str, tuple[float | None, float | None]], round_time: float,
                   wall_time: float) -> dict[str, Any]:
         trained = {r.device.id for r in results}
@@ -211,7 +239,7 @@ class Run:
             "accuracy": headline[0], "loss": headline[1],
             "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
             "devices": len(candidates), "eligible": eligible,
-            "selected": len(results), "participated": len(results), "excluded": len(candidates) - eligible,
+            "selected": len(chosen), "participated": len(results), "excluded": len(candidates) - eligible,
             "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results), default=None),
             "peak_estimate": max(estimates, default=None),
             "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
@@ -238,6 +266,7 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
     """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder."""
     folder = suite_folder(cfg, out)
     device = resolve_device(cfg.device)
+    deterministic_kernels()
     if not resume and (folder / "suite.json").exists():
         raise RunExistsError(f"{folder} already holds a suite run; pass --resume to continue it, "
                              "or choose another --out")

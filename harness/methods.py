@@ -211,6 +211,11 @@ def register_method(name: str) -> Callable[[MethodClass], MethodClass]:
     return add
 
 
+def client_weights(results: list[ClientResult], by_samples: bool) -> list[float]:
+    """FedAvg's weights: each client's sample count, or 1 each for a plain mean."""
+    return [r.local.num_samples if by_samples else 1 for r in results]
+
+
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """FedAvg of state dicts; integer buffers (BN's batch counters) take the weighted mean rounded."""
     total = float(sum(weights))

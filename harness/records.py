@@ -62,7 +62,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class RunWriter:
-    """Appends one run's records; ``resume_point`` says where a previous attempt stopped."""
+    """Appends one run's records, keeps its checkpoint, and trims what a crash left half-done."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -73,10 +73,14 @@ class RunWriter:
         return self.folder / CHECKPOINT
 
     def has_records(self) -> bool:
-        return (self.folder / ROUNDS).exists() or self.checkpoint_path.exists()
+        return any((self.folder / name).exists() for name in (ROUNDS, CLIENTS, CHECKPOINT))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.folder / MANIFEST, manifest)
+
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.folder / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def append_round(self, round_record: dict[str, Any], client_records: list[dict[str, Any]]) -> None:
         self._append(CLIENTS, client_records)
@@ -97,7 +101,7 @@ class RunWriter:
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, weights_only=False)
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
 
     def truncate_after(self, last_round: int) -> None:
         """Keep only complete lines of rounds ``<= last_round`` (the checkpoint's)."""
@@ -108,9 +112,6 @@ class RunWriter:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
                 tmp.replace(path)
-
-    def rounds(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.folder / ROUNDS)
 
 
 def device_name(device: torch.device) -> str:

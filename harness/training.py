@@ -57,11 +57,14 @@ class LocalResult:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD over the trainable parameters only: frozen ones get no state."""
+    """SGD over the trainable parameters only: frozen ones get no state. The multi-tensor
+    (``foreach``) path, whose temporaries differ, is chosen from the device explicitly, because
+    torch's own default turns it off for the fake tensors of the estimate."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the task's model has no trainable parameter")
-    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           foreach=trainable[0].device.type == "cuda")
 
 
 def training_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -131,15 +134,21 @@ def train_local(task: Task, batches: Batches, epochs: int, cfg: OptimizerConfig,
 
 
 def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``batches``."""
-    model = model.to(batches.device).eval()
+    """Accuracy and mean cross-entropy of ``model`` over ``batches``; the model goes back to its
+    own device and mode afterwards (methods keep their global state on the CPU)."""
+    home = next(model.parameters()).device
+    was_training = model.training
+    model.to(batches.device).eval()
     correct, loss, n = 0, 0.0, 0
-    with torch.no_grad():
-        for x, y in batches:
-            logits = model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                n += len(y)
+    finally:
+        model.to(home).train(was_training)
     return correct / n, loss / n
 
 

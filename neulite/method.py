@@ -19,6 +19,7 @@ from harness.methods import (
     Method,
     MethodContext,
     TaskSpec,
+    client_weights,
     register_method,
     weighted_average,
 )
@@ -92,7 +93,7 @@ class NeuLite(Method):
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
         stage = int(results[0].spec.value)
-        weights = [r.local.num_samples if self.params.weighted else 1 for r in results]
+        weights = client_weights(results, self.params.weighted)
         model = self.stages[stage - 1]
         model.load_state_dict(weighted_average([r.local.state for r in results], weights))
         self.full_trained = self.full_trained or stage == self.num_stages

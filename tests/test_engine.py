@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import REPO, tiny_suite
 
+from harness.config import ConfigError
 from harness.engine import RunExistsError, run_suite
 from harness.fleet import MB
 from harness.records import CHECKPOINT, read_jsonl
@@ -34,7 +35,7 @@ def without_times(rows):
 
 
 def test_records_of_a_run(tmp_path, quiet):
-    cfg = tiny_suite(methods=[{"method": "exclusive"}], fleet={"low_mb": 0.3, "high_mb": 1.5})
+    cfg = tiny_suite(methods=[{"method": "exclusive"}], fleet={"low_mb": 0.1, "high_mb": 0.6})
     folder = run_suite(cfg, tmp_path, log=quiet)
     assert folder == tmp_path / "tiny"
     suite = json.loads((folder / "suite.json").read_text())
@@ -46,10 +47,12 @@ def test_records_of_a_run(tmp_path, quiet):
     assert set(manifest["versions"]) == {"python", "torch", "torchvision", "harness"}
     rounds, clients = records(run)
     assert [r["round"] for r in rounds] == [1, 2, 3] and len(clients) == 3 * 6
-    need = clients[0]["estimate"]["peak"] if clients[0]["estimate"] else None
+    need = {c["estimate"]["peak"] for c in clients if c["estimate"]}
+    assert len(need) == 1
+    need = need.pop()
+    assert {c["status"] for c in clients} == {"trained", "excluded", "not_selected"}
     for c in clients:
-        fits = c["budget"] >= need
-        assert c["status"] == ("excluded" if not fits else c["status"])
+        assert (c["status"] == "excluded") == (c["budget"] < need)
         if c["status"] == "excluded":
             assert c["reason"].startswith("budget ") and "estimated for full" in c["reason"]
         if c["status"] == "trained":
@@ -99,10 +102,19 @@ def test_plain_fedavg_ignores_budgets_but_records_overruns(tmp_path, quiet):
 
 
 def test_uniform_selection_samples_from_all_devices(tmp_path, quiet):
-    cfg = tiny_suite(methods=[{"method": "exclusive"}], selection="uniform", clients_per_round=6,
-                     fleet={"low_mb": 0.3, "high_mb": 1.5})
+    """Sampling over the whole fleet: a sampled device that cannot fit still does not train."""
+    cfg = tiny_suite(methods=[{"method": "exclusive"}], selection="uniform", rounds=6,
+                     fleet={"low_mb": 0.1, "high_mb": 0.6})
+    rounds, clients = records(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0")
+    assert all(r["selected"] == 4 and r["participated"] <= 4 for r in rounds)
+    assert any(r["participated"] < min(4, r["eligible"]) for r in rounds)  # "eligible" would fill up
+    assert all(c["status"] != "trained" or c["memory"]["tensor"]["peak"] <= c["budget"] for c in clients)
+
+
+def test_eligible_selection_fills_up_from_the_eligible(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "exclusive"}], rounds=6, fleet={"low_mb": 0.1, "high_mb": 0.6})
     rounds, _ = records(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0")
-    assert all(r["participated"] == r["eligible"] for r in rounds)
+    assert all(r["selected"] == r["participated"] == min(4, r["eligible"]) for r in rounds)
 
 
 def test_existing_records_need_resume(tmp_path, quiet):
@@ -112,6 +124,32 @@ def test_existing_records_need_resume(tmp_path, quiet):
         run_suite(cfg, tmp_path, log=quiet)
     run_suite(cfg, tmp_path, resume=True, log=quiet)  # already complete: nothing to do
     assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 1
+
+
+def test_crash_inside_the_first_round_resumes_cleanly(tmp_path, quiet):
+    """Clients' lines written, then a crash before the round's line and checkpoint: resume redoes
+    round 1 without doubling its client lines."""
+    cfg = tiny_suite(rounds=2)
+    run_suite(cfg, tmp_path / "ref", log=quiet)
+    folder = run_suite(tiny_suite(rounds=1), tmp_path / "crash", log=quiet) / "fedavg-seed0"
+    (folder / "rounds.jsonl").unlink()
+    (folder / CHECKPOINT).unlink()
+    with pytest.raises(RunExistsError):
+        run_suite(cfg, tmp_path / "crash", log=quiet)
+    run_suite(cfg, tmp_path / "crash", resume=True, log=quiet)
+    for got, want in zip(records(folder), records(tmp_path / "ref" / "tiny" / "fedavg-seed0")):
+        assert without_times(got) == without_times(want)
+
+
+def test_resume_refuses_a_changed_config(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    with pytest.raises(ConfigError, match=r"another config \(batch_size, data\)"):
+        run_suite(tiny_suite(batch_size=8, data={"alpha": 0.1}), tmp_path, resume=True, log=quiet)
+    with pytest.raises(ConfigError, match=r"another method params \(weighted\)"):
+        run_suite(tiny_suite(methods=[{"method": "fedavg", "weighted": False}]), tmp_path, resume=True, log=quiet)
+    # more rounds (or more seeds and methods beside it) continue the same run
+    run_suite(tiny_suite(rounds=2, seeds=[0, 1]), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 2
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_records(tmp_path, quiet, monkeypatch):
@@ -126,7 +164,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_records(tmp_path, quiet, 
         return loss * float("nan") if calls["n"] > 40 else loss
 
     monkeypatch.setattr(training, "training_step", poisoned)
-    cfg = tiny_suite(rounds=5, measure={"steps": 1})
+    cfg = tiny_suite(rounds=5)
     with pytest.raises(NonFiniteLossError, match=r"round \d, device \d: the training loss became nan"):
         run_suite(cfg, tmp_path, log=quiet)
     rounds = read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")

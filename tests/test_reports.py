@@ -410,3 +410,13 @@ def test_renders_a_real_quick_suite(tmp_path):
         assert any(f.name.startswith(stem) for f in report.files), stem
     rows = table_rows((tmp_path / "report" / "summary.md").read_text())
     assert rows and all(row["Rounds"] == "2" for row in rows.values())
+
+
+def test_reports_speaks_the_harness_record_vocabulary():
+    """``reports`` keeps its own copies (it imports no training code); they must not drift."""
+    from harness.fleet import MB as harness_mb
+    from harness.memory import CATEGORIES as harness_categories
+    from reports.load import CATEGORIES
+    from reports.style import MB
+
+    assert CATEGORIES == harness_categories and MB == harness_mb

@@ -7,7 +7,6 @@ record, never written as zero.
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -36,12 +35,6 @@ def reset_rss_peak() -> int:
 
 def rss_peak() -> int:
     return _status_kib("VmHWM") * 1024
-
-
-def lifetime_max_rss() -> int:
-    """``ru_maxrss`` in bytes: the process's lifetime peak (never reset)."""
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 class _Nvml:

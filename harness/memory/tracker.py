@@ -36,10 +36,6 @@ class MemoryReport:
     def to_record(self) -> dict[str, int]:
         return {"peak": self.peak, **self.categories}
 
-    @classmethod
-    def from_record(cls, record: dict[str, int]) -> MemoryReport:
-        return cls(record["peak"], {c: record[c] for c in CATEGORIES})
-
 
 class _Storage:
     """What the tracker knows of one storage; outlives the storage so a peak can be named later."""

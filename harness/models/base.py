@@ -67,13 +67,10 @@ class BlockModel(nn.Module):
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    def forward_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        for block in self.blocks[start:stop]:
-            x = block(x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_blocks(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
 
 
 @dataclass(frozen=True)
