@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,14 @@ class Lines(list):
 @pytest.fixture
 def quiet() -> Lines:
     return Lines()
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """The shared CIFAR-10 (JPEG) copy, unpacked once per session; skips when it is absent."""
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"the shared CIFAR-10 copy is absent ({SHARED_CIFAR.name}); see shared/data/README.md")
+    target = tmp_path_factory.mktemp("cifar10-jpeg")
+    with tarfile.open(SHARED_CIFAR) as tar:
+        tar.extractall(target, filter="data")
+    return next(p.parent for p in target.rglob("train") if p.is_dir())

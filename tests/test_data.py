@@ -1,11 +1,8 @@
 """Data sets load once into uint8 tensors; partitions are seeded and cover the data exactly."""
 
-import tarfile
-
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_CIFAR
 from PIL import Image
 
 from harness.config import DataConfig
@@ -146,12 +143,7 @@ def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar10_jpeg_copy_loads_as_imagefolder(tmp_path):
-    if not SHARED_CIFAR.exists():
-        pytest.skip(f"the shared CIFAR-10 copy is absent ({SHARED_CIFAR.name}); see shared/data/README.md")
-    with tarfile.open(SHARED_CIFAR) as tar:
-        tar.extractall(tmp_path, filter="data")
-    root = next(p.parent for p in tmp_path.rglob("train") if p.is_dir())
-    data = load_data(DataConfig(name="imagefolder", root=str(root)))
+def test_cifar10_jpeg_copy_loads_as_imagefolder(cifar_root):
+    data = load_data(DataConfig(name="imagefolder", root=str(cifar_root)))
     assert data.train_x.shape == (50_000, 3, 32, 32) and data.test_x.shape == (10_000, 3, 32, 32)
     assert torch.bincount(data.train_y).tolist() == [5000] * 10

@@ -256,3 +256,25 @@ def test_bad_input_from_the_command_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "low_mb" in err
     assert MB == 2**20
+
+
+@pytest.mark.slow
+def test_real_cifar10_end_to_end(cifar_root, tmp_path, quiet):
+    """The CIFAR-10 (JPEG) copy through the whole engine: augmentation, ResNet-18, NeuLite stages."""
+    cfg = tiny_suite(
+        name="cifar", rounds=2, clients_per_round=2, batch_size=32, optimizer={"lr": 0.01},  # as the release
+        data={"name": "imagefolder", "root": str(cifar_root), "partition": "dirichlet", "alpha": 0.5,
+              "augment": True},
+        model={"name": "resnet18", "width": 0.25},
+        fleet={"devices": 50, "distribution": "uniform", "low_mb": 30.0, "high_mb": 80.0},
+        methods=[{"method": "exclusive"}, {"method": "neulite"}])
+    folder = run_suite(cfg, tmp_path, log=quiet)
+    for run in ("exclusive-seed0", "neulite-seed0"):
+        rounds, clients = records(folder / run)
+        assert [r["round"] for r in rounds] == [1, 2]
+        trained = [c for c in clients if c["status"] == "trained"]
+        assert trained and all(c["memory"]["tensor"]["peak"] <= c["estimate"]["peak"] <= c["budget"]
+                               for c in trained)
+    neulite_rounds, _ = records(folder / "neulite-seed0")
+    assert [r["stage"] for r in neulite_rounds] == [1, 2]
+    assert 0.1 <= neulite_rounds[-1]["evals"]["stage"]["accuracy"] <= 1
