@@ -118,6 +118,9 @@ class Run:
         torch.manual_seed(derived_seed(seed, 0))
         self.method = cls(self.params, self.ctx)
         self.test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
+        calibrates = type(self.method).calibrate is not Method.calibrate
+        self.calibration = Batches(data, torch.arange(len(data.train_y)), cfg.eval_batch_size, device) \
+            if calibrates else None
         self.tag = f"[{entry.label} seed {seed}]"
 
     def manifest(self) -> dict[str, Any]:
@@ -191,6 +194,8 @@ class Run:
             rows.append(row)
         if results:
             self.method.aggregate(rnd, results)
+        if self.calibration is not None:
+            self.method.calibrate(self.calibration)
         evals = {name: evaluate(model, self.test) if model is not None else (None, None)
                  for name, model in self.method.eval_models().items()}
         round_time = time.perf_counter() - start

@@ -162,6 +162,10 @@ class Method(ABC):
         """The tasks ``python -m harness memory --method`` tabulates (e.g. every stage or width)."""
         return [TaskSpec("full")]
 
+    def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:  # noqa: B027 (optional hook)
+        """Before evaluation, a pass over the training data (no augmentation) for methods that
+        gather statistics at the server, as HeteroFL's static BN does. Only called when overridden."""
+
     def round_info(self, rnd: int) -> dict[str, Any]:
         """Extra fields for the round record (e.g. the stage trained)."""
         return {}

@@ -184,3 +184,20 @@ def test_masked_cross_entropy_ignores_classes_absent_from_the_client():
     task.loss(task.model, x, y).backward()
     grad = task.model.head.fc.weight.grad
     assert torch.count_nonzero(grad[9]) == 0 and torch.count_nonzero(grad[:9]) > 0
+
+
+def test_static_bn_is_evaluated_with_training_data_statistics():
+    """HeteroFL's sBN: the evaluated twin's BN statistics are those of the training data."""
+    m = method("heterofl")
+    x = torch.randn(64, *SHAPE)
+    m.calibrate([(x, torch.zeros(64, dtype=torch.long))])
+    bn = m.eval_models()["global"].blocks[0][1]
+    with torch.no_grad():
+        conv_out = m.model.blocks[0][0](x)
+    assert torch.allclose(bn.running_mean, conv_out.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, conv_out.var((0, 2, 3)), atol=1e-4)
+    # the weights are the global model's; only the statistics are new
+    assert torch.equal(bn.weight, m.model.blocks[0][1].weight)
+    off = method("heterofl", global_bn_stats=False)
+    off.calibrate([(x, torch.zeros(64, dtype=torch.long))])
+    assert off.eval_models()["global"] is off.model
