@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from harness.config import ConfigError
@@ -29,6 +30,14 @@ from neulite.mentor import MentorLoss
 from neulite.params import NeuLiteParams
 from neulite.schedule import Cyclic, Sequential, proportional_rounds
 from neulite.stages import StageModel
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a client sends back: the tensors of modules it trained (their parameters and norm
+    statistics); the frozen blocks are unchanged copies of the server's, so they stay home."""
+    trained = {name for name, module in model.named_modules()
+               if any(p.requires_grad for p in module.parameters(recurse=False))}
+    return {key: value for key, value in model.state_dict().items() if key.rpartition(".")[0] in trained}
 
 
 @register_method("neulite")
@@ -84,7 +93,7 @@ class NeuLite(Method):
         stage = int(spec.value)
         lambda1, lambda2 = self.lambdas[stage - 1]
         loss = MentorLoss(lambda1, lambda2, self.params.sigma, self.ctx.num_classes)
-        return Task(self._stage_model(self.ctx.build_model(), stage), loss)
+        return Task(self._stage_model(self.ctx.build_model(), stage), loss, trained_state)
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
@@ -95,7 +104,9 @@ class NeuLite(Method):
         stage = int(results[0].spec.value)
         weights = client_weights(results, self.params.weighted)
         model = self.stages[stage - 1]
-        model.load_state_dict(weighted_average([r.local.state for r in results], weights))
+        state = model.state_dict()
+        state.update(weighted_average([r.local.state for r in results], weights))
+        model.load_state_dict(state)
         self.full_trained = self.full_trained or stage == self.num_stages
         self.schedule.observe(stage, model.blocks[stage - 1])
 

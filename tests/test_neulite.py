@@ -325,6 +325,12 @@ def test_end_to_end_records_and_resume_state(tmp_path):
     assert excluded and all("stage=" in c["reason"] and "budget" in c["reason"] for c in excluded)
     assert all(c["stage"] == r["stage"] for r in rounds for c in clients
                if c["round"] == r["round"] and c["status"] == "trained")
+    # a client sends back only what it trained: in stage 3 block 1 is frozen and stays home (in
+    # stage 2 the overlap makes all of block 1 of this CNN trainable)
+    trained = [c for c in clients if c["status"] == "trained"]
+    assert all(c["bytes_up"] == c["bytes_down"] for c in trained if c["stage"] < 3)
+    assert all(c["bytes_up"] < c["bytes_down"] for c in trained if c["stage"] == 3)
+    assert any(c["stage"] == 3 for c in trained)
     # everything needed to continue: every stage model, the schedule, the full-model flag
     state = torch.load(run / "checkpoint.pt", weights_only=False)["method"]
     fresh = METHODS["neulite"](NeuLite.parse_params({}), context(batch=16))
@@ -332,3 +338,15 @@ def test_end_to_end_records_and_resume_state(tmp_path):
     assert fresh.full_trained and len(state["stages"]) == 3
     for a, b in zip(fresh.stages, state["stages"], strict=True):
         assert all(torch.equal(v, b[k]) for k, v in a.state_dict().items())
+
+
+def test_upload_holds_exactly_the_trained_modules():
+    method = neulite(context(), overlap=1)
+    task = method.client_task(1, Device(0, 2**40), TaskSpec("stage", 2))
+    sent = task.upload(task.model)
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trainable <= set(sent)
+    assert not any(k.startswith("blocks.0.") and k in dict(task.model.named_parameters()) and k not in trainable
+                   for k in sent)
+    assert all(k.startswith(("blocks.0.", "blocks.1.", "out.")) for k in sent)
+    assert "blocks.1.0.weight" in sent and "blocks.1.1.running_mean" in sent
