@@ -1,5 +1,6 @@
-"""Benchmarks (``tox -e test -- -m benchmark --benchmark-enable``): what measurement costs a client's local training, and what
-an estimate costs. Each pair runs in one session, so their ratio is meaningful on that machine."""
+"""Benchmarks (``tox -e test -- -m benchmark --benchmark-enable``): what measurement costs a
+client's local training, and what an estimate costs. Each pair runs in one session, so their
+ratio is meaningful on that machine."""
 
 import pytest
 import torch
