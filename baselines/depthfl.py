@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.config import ConfigError
 from harness.fleet import Device
 from harness.methods import (
     ClientResult,
@@ -102,7 +103,8 @@ class DepthFL(GlobalModelMethod):
         self.model = self.build_net(None)
         depths = self.params.depths or range(1, len(self.model.blocks) + 1)
         if max(depths) > len(self.model.blocks):
-            raise ValueError(f"depths {list(depths)} exceed the model's {len(self.model.blocks)} blocks")
+            raise ConfigError(f"depthfl depths {list(depths)} exceed the {len(self.model.blocks)} blocks "
+                              f"of {self.ctx.model.name}")
         self.ladder = [TaskSpec("depth", d) for d in sorted(set(depths), reverse=True)]
 
     def build_net(self, depth: int | None) -> DeeplySupervised:

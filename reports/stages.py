@@ -29,26 +29,34 @@ def stage_name(stage: float) -> str:
     return f"{stage:g}"
 
 
+def per_label_panels(staged: pd.DataFrame, panel_width: float, height: float,
+                     styles: dict) -> tuple[Figure, list[tuple[plt.Axes, pd.DataFrame]]]:
+    """One panel per label (ablations side by side, shared y axis), titled in the label's colour."""
+    labels = sorted(staged["label"].unique())
+    fig, axes = plt.subplots(1, len(labels), figsize=(panel_width * len(labels) + 2.2, height), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, label in zip(axes[0], labels, strict=True):
+        ax.set_title(label, color=styles[label]["color"])
+    return fig, [(ax, staged[staged["label"] == label]) for ax, label in zip(axes[0], labels, strict=True)]
+
+
 @themed
 def neulite_stage_memory(clients: pd.DataFrame, styles: dict) -> Figure | None:
     """Per stage, the categories of the client with the highest measured peak."""
     staged = _staged(clients, PEAK)
     if staged.empty:
         return None
-    labels = sorted(staged["label"].unique())
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels) + 2.2, 4.4), sharey=True,
-                             squeeze=False, layout="constrained")
-    for ax, label in zip(axes[0], labels, strict=True):
-        rows = staged[staged["label"] == label]
+    fig, panels = per_label_panels(staged, 3.6, 4.4, styles)
+    for ax, rows in panels:
         tops = rows.loc[rows.groupby("stage")[PEAK].idxmax()].sort_values("stage")
         stacked_bars(ax, tops)
         ax.set_xticks(range(len(tops)), [stage_name(s) for s in tops["stage"]])
         ax.set_xlabel("Stage")
-        ax.set_title(label, color=styles[label]["color"])
         ax.set_ylim(0, staged[PEAK].max() / MB * 1.12)
-    axes[0, 0].set_ylabel("Peak training memory (MB, measured tensors)")
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    outside_legend(axes[0, -1], handles=handles[::-1], labels=names[::-1])
+    first, last = panels[0][0], panels[-1][0]
+    first.set_ylabel("Peak training memory (MB, measured tensors)")
+    handles, names = first.get_legend_handles_labels()
+    outside_legend(last, handles=handles[::-1], labels=names[::-1])
     fig.suptitle("NeuLite: peak memory per stage (client with the highest peak)", fontweight="bold")
     return fig
 
@@ -73,11 +81,9 @@ def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
               and staged[c].notna().any()]
     if staged.empty or not models:
         return None
-    labels = sorted(staged["label"].unique())
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.0 * len(labels) + 2.2, 4.2), sharey=True,
-                             squeeze=False, layout="constrained")
-    for ax, label in zip(axes[0], labels, strict=True):
-        rows = staged[staged["label"] == label]
+    fig, panels = per_label_panels(staged, 5.0, 4.2, styles)
+    for ax, rows in panels:
+        label = rows["label"].iloc[0]
         spans = _stage_spans(rows)
         for first, last, _ in spans[1::2]:
             ax.axvspan(first - 0.5, last + 0.5, color="0.92", zorder=0)
@@ -90,12 +96,12 @@ def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
         for i, model in enumerate(models):
             plot_band(ax, rows, model, "round", styles[label], linestyle=LINESTYLES[i % len(LINESTYLES)],
                       label=model.removeprefix("evals.").removesuffix(".accuracy") + " model")
-        ax.set_title(label, color=styles[label]["color"])
         ax.set_xlabel("Round")
         round_axis(ax)
-    axes[0, 0].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    axes[0, 0].set_ylabel("Test accuracy")
+    first, last = panels[0][0], panels[-1][0]
+    first.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    first.set_ylabel("Test accuracy")
     multi_seed = staged.groupby("label")["seed"].nunique().max() > 1
-    outside_legend(axes[0, -1], title=CI_NOTE if multi_seed else None)
+    outside_legend(last, title=CI_NOTE if multi_seed else None)
     fig.suptitle("NeuLite: accuracy by round, per evaluated model", fontweight="bold")
     return fig
