@@ -201,3 +201,10 @@ def test_static_bn_is_evaluated_with_training_data_statistics():
     off = method("heterofl", global_bn_stats=False)
     off.calibrate([(x, torch.zeros(64, dtype=torch.long))])
     assert off.eval_models()["global"] is off.model
+
+
+def test_depthfl_depths_beyond_the_model_are_a_config_error():
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"depths \[4\] exceed the 3 blocks of cnn"):
+        method("depthfl", depths=[4])
