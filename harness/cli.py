@@ -76,11 +76,9 @@ def measure_for_real(args: argparse.Namespace, method: Method, spec: TaskSpec) -
     y = torch.randint(0, args.classes, (n,), generator=g)
     data = DataBundle("random", x, y, x, y, args.classes, (0.5,) * shape[0], (0.25,) * shape[0])
     batches = Batches(data, torch.arange(n), args.batch, torch.device("cpu"))
-    task = method.build_task(spec)
     baseline = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
-    peak_mb, result = memory_usage(
-        (train_local, (task, batches, 1, OptimizerConfig(momentum=args.momentum), args.steps)),
-        interval=0.005, max_usage=True, retval=True)
+    train = (lambda: method.build_task(spec), batches, 1, OptimizerConfig(momentum=args.momentum), args.steps)
+    peak_mb, result = memory_usage((train_local, train), interval=0.005, max_usage=True, retval=True)
     row = {"tensor": result.memory["tensor"]["peak"] / MB, "memory-profiler": peak_mb - baseline}
     if "rss" in result.memory:
         row["rss"] = result.memory["rss"]["delta"] / MB

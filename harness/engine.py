@@ -112,7 +112,7 @@ class Run:
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
                   for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
-                                 device, estimator, labels)
+                                 device, estimator, labels, cfg.rounds)
         cls = METHODS[entry.method]
         self.params = cls.parse_params(entry.params, f"methods ({entry.label})")
         torch.manual_seed(derived_seed(seed, 0))
@@ -208,12 +208,12 @@ class Run:
 
     def train_client(self, rnd: int, c: Candidate) -> ClientResult:
         torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
-        task = self.method.client_task(rnd, c.device, c.spec)
         g = torch.Generator().manual_seed(derived_seed(self.seed, rnd, c.position, 2))
         batches = Batches(self.data, self.parts[c.position], self.cfg.batch_size, self.device,
                           self.cfg.data.augment, generator=g)
-        local = train_local(task, batches, self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps,
-                            self.cfg.measure.rss, context=f"{self.tag} round {rnd}, device {c.device.id}")
+        local = train_local(lambda: self.method.client_task(rnd, c.device, c.spec), batches,
+                            self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps, self.cfg.measure.rss,
+                            context=f"{self.tag} round {rnd}, device {c.device.id}")
         return ClientResult(c.device, c.spec, local)
 
     def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class MethodContext:
     device: torch.device
     estimator: Estimator
     client_labels: dict[int, list[int]] = field(default_factory=dict)  # device id -> label histogram
+    rounds: int = 1  # the run's rounds, for schedules over the run (a resume that adds rounds changes it)
 
     def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
         return build_model(self.model, self.width * width, norm_layer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -14,9 +14,12 @@ from torch import nn
 
 from harness.config import OptimizerConfig
 from harness.data import Batches
-from harness.memory import TensorTracker, sources
+from harness.memory import MemoryReport, TensorTracker, sources
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# A loss returns one scalar, or yields several terms when a step needs several backward passes
+# (FjORD's distillation: the teacher's, then the student's); each term is back-propagated before the
+# next one is computed, so only one graph is held at a time.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | Iterator[torch.Tensor]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,7 +39,8 @@ class Task:
     """What one client trains: its resident model, its loss, and what it sends back.
 
     ``loss`` must not read tensor values into Python (no ``.item()``), since the same task also
-    runs under fake tensors for the memory estimate.
+    runs under fake tensors for the memory estimate. Tensors the task keeps besides its model (in
+    the loss, a closure, a module buffer) are the client's ``state`` and count in its memory.
     """
 
     model: nn.Module
@@ -67,20 +71,52 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
                            foreach=trainable[0].device.type == "cuda")
 
 
+def build_tracked(tracker: TensorTracker, build: Callable[[], Task], device: torch.device | None = None) -> Task:
+    """Build a client's task under ``tracker`` (and move its model to ``device``): everything the
+    task keeps from then on counts, its model as parameters and buffers and anything else as ``state``."""
+    with tracker, tracker.phase_of("build"):
+        task = build()
+        if device is not None:
+            task.model.to(device)
+    tracker.register_model(task.model)
+    tracker.reset_peak()
+    return task
+
+
+def loss_terms(task: Task, x: torch.Tensor, y: torch.Tensor, phase) -> Iterator[torch.Tensor]:
+    """The task's loss as terms to back-propagate one after the other, each computed in the
+    ``forward`` phase only once the previous one's backward pass has run."""
+    with phase("forward"):
+        out = task.loss(task.model, x, y)
+    if isinstance(out, torch.Tensor):
+        yield out
+        return
+    while True:
+        with phase("forward"):
+            term = next(out, None)
+        if term is None:
+            return
+        yield term
+
+
 def training_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   tracker: TensorTracker | None = None) -> torch.Tensor:
-    """One step; with a tracker, each phase's new tensors are labelled and roles named at the end."""
+    """One step (the sum of the loss's terms); with a tracker, each phase's new tensors are
+    labelled and roles named at the end."""
     phase = tracker.phase_of if tracker is not None else lambda _: contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
-    with phase("forward"):
-        loss = task.loss(task.model, x, y)
-    with phase("backward"):
-        loss.backward()
+    total = None
+    for term in loss_terms(task, x, y, phase):
+        with phase("backward"):
+            term.backward()
+        total = term.detach() if total is None else total + term.detach()
+    if total is None:
+        raise ValueError("the task's loss yielded no term")
     with phase("optimizer"):
         optimizer.step()
     if tracker is not None:
         tracker.name_roles(task.model, optimizer)
-    return loss.detach()
+    return total
 
 
 def measured_step(tracker: TensorTracker, task: Task, optimizer: torch.optim.Optimizer,
@@ -90,21 +126,37 @@ def measured_step(tracker: TensorTracker, task: Task, optimizer: torch.optim.Opt
         return training_step(task, optimizer, x, y, tracker)
 
 
+def measure_task(build: Callable[[], Task], x: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig,
+                 steps: int) -> MemoryReport:
+    """The tracker's report for a freshly built task trained ``steps`` times on the batch ``(x, y)``;
+    the estimate runs exactly this under fake tensors."""
+    tracker = TensorTracker()
+    task = build_tracked(tracker, build)
+    task.model.train()
+    optimizer = make_optimizer(task.model, cfg)
+    loss = None
+    for _ in range(steps):  # the previous step's loss stays alive during the next, as in training
+        loss = measured_step(tracker, task, optimizer, x, y)
+    del loss
+    return tracker.report()
+
+
 def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def train_local(task: Task, batches: Batches, epochs: int, cfg: OptimizerConfig, measure_steps: int,
-                measure_rss: bool = True, context: str = "") -> LocalResult:
-    """Train ``task.model`` in place. Steps are measured until ``measure_steps`` full-size batches
-    have run (short last batches are measured but not counted: the peak needs a full batch once the
-    optimizer state exists); the rest run untouched, so measurement barely changes training speed."""
-    model = task.model.to(batches.device).train()
+def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: OptimizerConfig,
+                measure_steps: int, measure_rss: bool = True, context: str = "") -> LocalResult:
+    """Build the client's task and train it. Memory is measured from the moment the task is built
+    (what it holds) until ``measure_steps`` full-size batches have run (short last batches are
+    measured but not counted: the peak needs a full batch once the optimizer state exists); the rest
+    run untouched, so measurement barely changes training speed."""
+    probes = sources.start_probes(batches.device, measure_rss)
+    tracker = TensorTracker()
+    task = build_tracked(tracker, build, batches.device)
+    model = task.model.train()
     bytes_down = tensor_bytes(model.state_dict())
     optimizer = make_optimizer(model, cfg)
-    tracker = TensorTracker()
-    tracker.register_model(model)
-    probes = sources.start_probes(batches.device, measure_rss)
     start = time.perf_counter()
     total, steps, full_measured, loss = 0.0, 0, 0, None
     for _ in range(epochs):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "activations", "other")
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
 TENSOR = "memory.tensor."  # prefix of the measured tensor peak and its categories in clients
 ROUND_COLUMNS = (
     "round", "accuracy", "loss", "devices", "eligible", "selected", "participated", "excluded",

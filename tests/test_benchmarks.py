@@ -33,7 +33,7 @@ def test_local_training_with_and_without_measurement(benchmark, measure_steps):
     def run():
         torch.manual_seed(0)
         batches = Batches(data, torch.arange(640), 32, torch.device("cpu"))
-        return train_local(Task(build_model(spec, 0.25)), batches, 1, OPT, measure_steps, measure_rss=True)
+        return train_local(lambda: Task(build_model(spec, 0.25)), batches, 1, OPT, measure_steps, measure_rss=True)
 
     result = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert result.steps == 20

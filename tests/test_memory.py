@@ -12,7 +12,7 @@ from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
 from harness.models import ModelSpec, build_model
-from harness.training import Task, make_optimizer, measured_step, train_local, training_step
+from harness.training import Task, make_optimizer, measure_task, measured_step, train_local, training_step
 
 OPT = OptimizerConfig(lr=0.01, momentum=0.9, weight_decay=5e-4)
 CPU = torch.device("cpu")
@@ -40,7 +40,8 @@ def test_estimate_equals_measured_training_peak(name, shape, frozen, batch):
     estimate = estimate_peak(lambda: frozen_task(name, shape, frozen), shape, 10, batch, OPT, steps=2)
     torch.manual_seed(0)
     batches = Batches(random_bundle(2 * batch, shape), torch.arange(2 * batch), batch, CPU)
-    measured = train_local(frozen_task(name, shape, frozen), batches, 1, OPT, measure_steps=2, measure_rss=False)
+    measured = train_local(lambda: frozen_task(name, shape, frozen), batches, 1, OPT, measure_steps=2,
+                           measure_rss=False)
     tensor = measured.memory["tensor"]
     assert abs(estimate.peak - tensor["peak"]) <= 0.01 * tensor["peak"]
     assert estimate.peak == tensor["peak"]  # in practice byte-exact
@@ -117,7 +118,7 @@ def test_first_step_under_reports_until_optimizer_state_exists():
 
 def test_only_the_measured_steps_are_tracked():
     batches = Batches(random_bundle(96, (1, 8, 8)), torch.arange(96), 32, CPU)
-    result = train_local(frozen_task("cnn", (1, 8, 8), 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
+    result = train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
     assert result.steps == 6 and result.memory["tensor"]["peak"] > 0
 
 
@@ -152,7 +153,7 @@ def test_cuda_sources_and_estimate_on_gpu():
     shape = (3, 32, 32)
     estimate = estimate_peak(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, device=cuda)
     batches = Batches(random_bundle(64, shape), torch.arange(64), 32, cuda)
-    result = train_local(frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
+    result = train_local(lambda: frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
     assert abs(estimate.peak - result.memory["tensor"]["peak"]) <= 0.01 * estimate.peak
     assert result.memory["cuda"]["allocated_peak"] >= result.memory["tensor"]["peak"]
     assert "nvml" in result.memory
@@ -163,7 +164,7 @@ def test_short_batches_do_not_hide_the_peak():
     momentum), so measurement goes on until two full batches have run, and meets the estimate."""
     shape = (1, 8, 8)
     batches = Batches(random_bundle(53, shape), torch.arange(53), 32, CPU)
-    result = train_local(frozen_task("cnn", shape, 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
+    result = train_local(lambda: frozen_task("cnn", shape, 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
     estimate = estimate_peak(lambda: frozen_task("cnn", shape, 0), shape, 10, 32, OPT)
     assert result.steps == 4 and result.memory["tensor"] == estimate.to_record()
 
@@ -171,6 +172,60 @@ def test_short_batches_do_not_hide_the_peak():
 def test_a_client_smaller_than_a_batch_is_measured_at_its_own_size():
     shape = (1, 8, 8)
     batches = Batches(random_bundle(20, shape), torch.arange(20), 32, CPU)
-    result = train_local(frozen_task("cnn", shape, 0), batches, 3, OPT, measure_steps=2, measure_rss=False)
+    result = train_local(lambda: frozen_task("cnn", shape, 0), batches, 3, OPT, measure_steps=2, measure_rss=False)
     at_20 = estimate_peak(lambda: frozen_task("cnn", shape, 0), shape, 10, 20, OPT)
     assert result.memory["tensor"] == at_20.to_record()
+
+
+class BufferLoss(nn.Module):
+    """A loss that holds tensors as module buffers."""
+
+    def __init__(self, held: list[torch.Tensor]) -> None:
+        super().__init__()
+        for i, t in enumerate(held):
+            self.register_buffer(f"held{i}", t)
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y)
+
+
+class AttributeLoss:
+    """A loss object that holds tensors as a plain attribute."""
+
+    def __init__(self, held: list[torch.Tensor]) -> None:
+        self.held = held
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y)
+
+
+def closure_loss(held: list[torch.Tensor]):
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y) + 0 * len(held)  # the closure keeps ``held``
+
+    return loss
+
+
+HOLDERS = {"module buffer": BufferLoss, "attribute": AttributeLoss, "closure": closure_loss}
+
+
+@pytest.mark.parametrize("how", list(HOLDERS))
+def test_state_a_task_holds_counts_however_it_is_held(how):
+    """A copy of the global weights kept beside the model (FedProx's, FedDyn's) is the client's memory:
+    the plain task's peak plus the copy, as ``state``, in the estimate and in the measurement."""
+    shape = (1, 8, 8)
+
+    def plain() -> Task:
+        return Task(build_model(ModelSpec("cnn", 10, 1, 8)))
+
+    def holding() -> Task:
+        task = plain()
+        task.loss = HOLDERS[how]([p.detach().clone() for p in task.model.parameters()])
+        return task
+
+    copy = sum(p.nbytes for p in plain().model.parameters())
+    x, y = torch.randn(32, *shape), torch.randint(0, 10, (32,))
+    base = measure_task(plain, x, y, OPT, 2)
+    for report in (measure_task(holding, x, y, OPT, 2), estimate_peak(holding, shape, 10, 32, OPT)):
+        assert report.peak == base.peak + copy
+        assert report.categories == {**base.categories, "state": copy}

@@ -8,31 +8,26 @@ the estimate counts exactly what the measurement counts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.config import OptimizerConfig
-from harness.memory.tracker import MemoryReport, TensorTracker
+from harness.memory.tracker import MemoryReport
+
+if TYPE_CHECKING:
+    from harness.training import Task
 
 
-def estimate_peak(build_task: Callable[[], object], input_shape: tuple[int, ...], num_classes: int,
+def estimate_peak(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
                   batch_size: int, optimizer: OptimizerConfig, steps: int = 2,
                   device: torch.device | str = "cpu") -> MemoryReport:
     """Peak of ``steps`` training steps of ``build_task()`` at ``batch_size``, by category."""
-    from harness.training import make_optimizer, measured_step
+    from harness.training import measure_task
 
     device = torch.device(device)
     with FakeTensorMode(), device:
-        task = build_task()
-        task.model.train()
-        opt = make_optimizer(task.model, optimizer)
-        tracker = TensorTracker()
-        tracker.register_model(task.model)
         x = torch.randn(batch_size, *input_shape, device=device)
         y = torch.randint(0, num_classes, (batch_size,), device=device)
-        loss = None
-        for _ in range(steps):
-            loss = measured_step(tracker, task, opt, x, y)
-        del loss
-    return tracker.report()
+        return measure_task(build_task, x, y, optimizer, steps)

@@ -1,11 +1,13 @@
 """The ``tensor`` memory source: exact live tensor bytes during training, by category.
 
 A ``TorchDispatchMode`` sees every tensor an aten op returns; each new storage is counted once and
-released by a weak-reference callback when it dies. Parameters (trainable or frozen), buffers and
-the input batch are registered explicitly, because they exist before tracking starts. At every local
-maximum the live storages are remembered, and they are named once the step has finished and it is
-known which storages became gradients or optimizer state. The same tracker runs under
-``FakeTensorMode`` for the estimate, so estimate and measurement count the very same tensors.
+released by a weak-reference callback when it dies. The client's task is built under the tracker, so
+whatever the task keeps besides its model (a copy of the global weights, a control variate, a
+teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
+the input batch are registered by name. At every local maximum the live storages are remembered,
+and they are named once the step has finished and it is known which storages became gradients or
+optimizer state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
+measurement count the very same tensors.
 
 Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks work.
 """
@@ -22,8 +24,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
-CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "activations", "other")
-PHASE_CATEGORY = {"forward": "activations", "backward": "other", "optimizer": "other", "input": "other"}
+# Ops whose output aliases a tensor made outside the dispatcher (``torch.tensor(...)``): new memory,
+# although their schema says alias. Other aliasing outputs (views, in-place results) are storages
+# that already exist, e.g. the server's global weights that a client's state_dict() reads.
+FRESH_ALIASES = {torch.ops.aten.lift_fresh.default}
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
+PHASE_CATEGORY = {"build": "state", "forward": "activations", "backward": "other", "optimizer": "other",
+                  "input": "other"}
 
 
 @dataclass
@@ -99,10 +106,21 @@ class TensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, lambda t: self._add(t.untyped_storage(), self.phase), out)
+        returns = func._schema.returns
+        values = out if len(returns) > 1 else (out,)
+        for ret, value in zip(returns, values):
+            if ret.alias_info is None or func in FRESH_ALIASES:
+                tree_map_only(torch.Tensor, lambda t: self._add(t.untyped_storage(), self.phase), value)
         return out
 
     # -- what the caller tells the tracker ---------------------------------------------------
+    def reset_peak(self) -> None:
+        """Count the peak from now on: what is live stays counted, earlier transients (building a
+        task: a full model cut down to a stage, weights copied in) are not a peak of training."""
+        self._peak = self._current
+        self._peak_storages = [info for _, info in self._live.values()]
+        self._rising = False
+
     def register_model(self, model: nn.Module) -> None:
         """Count the model's parameters (frozen ones too) and buffers, which predate tracking."""
         for storage in _storages(model.parameters()):
