@@ -67,8 +67,8 @@ def test_unknown_names_list_allowed_values():
     assert "imagenet" in msg and "digits" in msg and "cifar10" in msg
     msg = error_of(model={"name": "resnet50"})
     assert "resnet50" in msg and "resnet18" in msg
-    msg = error_of(methods=[{"method": "fedprox"}])
-    assert "fedprox" in msg and "fedavg" in msg
+    msg = error_of(methods=[{"method": "fedprocs"}])
+    assert "fedprocs" in msg and "fedavg" in msg
     msg = error_of(data={"partition": "random"})
     assert "data.partition" in msg and "'dirichlet'" in msg
 

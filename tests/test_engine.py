@@ -243,10 +243,10 @@ def test_bad_input_from_the_command_line(tmp_path):
     suite = tmp_path / "s.toml"
     write_toml(suite, rounds=1)
     text = suite.read_text()
-    suite.write_text(text.replace('method = "exclusive"', 'method = "fedprox"'))
+    suite.write_text(text.replace('method = "exclusive"', 'method = "fedproxx"'))
     proc = start([str(suite)], tmp_path)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and err.count("\n") == 1 and "unknown method 'fedprox'" in err
+    assert proc.returncode == 2 and err.count("\n") == 1 and "unknown method 'fedproxx'" in err
     suite.write_text(text.replace('name = "synthetic"', 'name = "cifar10"\nroot = "nowhere"'))
     proc = start([str(suite)], tmp_path)
     _, err = proc.communicate(timeout=60)
