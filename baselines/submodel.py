@@ -46,24 +46,36 @@ def twin_shapes(build: Callable[[], nn.Module]) -> Shapes:
 
 @dataclass
 class SubModel:
-    """Per state key, per dimension: the global indices a twin's tensor holds (None: all)."""
+    """Per state key the twin holds, per dimension: the global indices its tensor holds (None: all).
+    A twin may lack keys of the global model (FjORD's statistics of wider widths)."""
 
     index: dict[str, tuple[torch.Tensor | None, ...]]
 
     @classmethod
     def of(cls, full: Shapes, sub: Shapes, pick: Pick) -> SubModel:
         index = {}
-        for key, shape in full.items():
-            if len(shape) != len(sub[key]):
-                raise ValueError(f"{key}: the twin has shape {tuple(sub[key])}, the model {tuple(shape)}")
-            index[key] = tuple(None if k == c else pick(c, k) for c, k in zip(shape, sub[key], strict=True))
+        for key, shape in sub.items():
+            if key not in full or len(shape) != len(full[key]):
+                raise ValueError(f"{key}: the twin has shape {tuple(shape)}, the model {full.get(key)}")
+            index[key] = tuple(None if k == c else pick(c, k) for c, k in zip(full[key], shape, strict=True))
         return cls(index)
+
+    def with_rows(self, keys: list[str], rows: torch.Tensor) -> SubModel:
+        """This sub-model holding only ``rows`` of the first dimension of ``keys`` (kept whole in the
+        twin): HeteroFL's label split, where a client's classifier rows are those of its classes."""
+        index = dict(self.index)
+        for key in keys:
+            if index[key][0] is not None:
+                raise ValueError(f"{key}: its first dimension is already cut")
+            index[key] = (rows, *index[key][1:])
+        return SubModel(index)
 
     def extract(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The twin's tensors, copied out of the global ``state``."""
         out = {}
-        for key, t in state.items():
-            for dim, idx in enumerate(self.index[key]):
+        for key, where in self.index.items():
+            t = state[key]
+            for dim, idx in enumerate(where):
                 if idx is not None:
                     t = t.index_select(dim, idx)
             out[key] = t.clone()
@@ -87,16 +99,17 @@ def aggregate(state: dict[str, torch.Tensor],
               uploads: list[tuple[SubModel, dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
     """Each global entry becomes the weighted mean of the clients that trained it; entries nobody
     trained keep their value. Computed as ``harness.methods.weighted_average`` computes it, so
-    full-width uploads reproduce FedAvg bit for bit."""
+    full-width uploads reproduce FedAvg bit for bit. An upload holds the entries its sub-model
+    indexes (with ``with_rows``, a row subset of its tensor)."""
     out = {}
     for key, g in state.items():
-        where = [sub.flat_index(key, g.shape) for sub, _, _ in uploads]
+        holders = [(sub.flat_index(key, g.shape), s[key], w) for sub, s, w in uploads if key in sub.index]
         total = torch.zeros(g.numel(), dtype=torch.float64)
-        for pos, (_, _, w) in zip(where, uploads, strict=True):
+        for pos, _, w in holders:
             total.index_add_(0, pos, torch.full(pos.shape, float(w), dtype=torch.float64))
         acc = torch.zeros(g.numel(), dtype=torch.float64)
-        for pos, (_, s, w) in zip(where, uploads, strict=True):
-            acc.index_add_(0, pos, s[key].double().reshape(-1) * (w / total[pos]))
+        for pos, value, w in holders:
+            acc.index_add_(0, pos, value.double().reshape(-1) * (w / total[pos]))
         mean = torch.where(total > 0, acc, g.double().reshape(-1)).reshape(g.shape)
         out[key] = mean.to(g.dtype) if g.is_floating_point() else mean.round().to(g.dtype)
     return out
