@@ -7,6 +7,7 @@ and aggregates the trained one; the full model (stage T) is the deployable, head
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -33,11 +34,12 @@ from neulite.stages import StageModel
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a client sends back: the tensors of modules it trained (their parameters and norm
-    statistics); the frozen blocks are unchanged copies of the server's, so they stay home."""
-    trained = {name for name, module in model.named_modules()
-               if any(p.requires_grad for p in module.parameters(recurse=False))}
-    return {key: value for key, value in model.state_dict().items() if key.rpartition(".")[0] in trained}
+    """What a client sends back: what training changed, i.e. its trainable parameters and the
+    buffers (norm statistics) of modules that ran in training mode. The rest of the frozen blocks is
+    an unchanged copy of the server's, so it stays home."""
+    changed = {name for name, p in model.named_parameters() if p.requires_grad}
+    changed |= {name for name, _ in model.named_buffers() if model.get_submodule(name.rpartition(".")[0]).training}
+    return {key: value for key, value in model.state_dict().items() if key in changed}
 
 
 @register_method("neulite")
@@ -53,8 +55,12 @@ class NeuLite(Method):
         self.stages = [self._stage_model(first if t == 1 else ctx.build_model(), t)
                        for t in range(1, self.num_stages + 1)]
         self.schedule = self._schedule(block_sizes)
-        self.full_trained = False
+        self.trained_in = [0] * self.num_stages  # per stage, the last round it was aggregated
         self.round, self.current = 0, 1
+
+    @property
+    def full_trained(self) -> bool:
+        return self.trained_in[-1] > 0
 
     def _schedule(self, block_sizes: list[int]) -> Cyclic | Sequential:
         p, stages = self.params, self.num_stages
@@ -69,7 +75,7 @@ class NeuLite(Method):
 
     def _stage_model(self, model: nn.Module, stage: int) -> StageModel:
         projection = self.lambdas[stage - 1][1] > 0  # the head exists only for the label term
-        return StageModel(model, stage, self.params.effective_overlap, projection)
+        return StageModel(model, stage, self.params.effective_overlap, projection, self.params.frozen_bn)
 
     # -- planning ------------------------------------------------------------------------------
     def _begin(self, rnd: int) -> None:
@@ -107,20 +113,37 @@ class NeuLite(Method):
         state = model.state_dict()
         state.update(weighted_average([r.local.state for r in results], weights))
         model.load_state_dict(state)
-        self.full_trained = self.full_trained or stage == self.num_stages
+        self.trained_in[stage - 1] = rnd
         self.schedule.observe(stage, model.blocks[stage - 1])
 
+    def assembled(self) -> StageModel:
+        """The full model with every block as the stage that trained last among those holding it
+        left it (stages t..T hold block t; each refreshes its copy before it trains): the rounds
+        after stage T's last one reach the deployable model too."""
+        full = copy.deepcopy(self.stages[-1])
+        for b in range(self.num_stages - 1):
+            newest = max(range(b, self.num_stages), key=lambda s: self.trained_in[s])
+            full.blocks[b].load_state_dict(self.stages[newest].blocks[b].state_dict())
+        return full
+
     def eval_models(self) -> dict[str, nn.Module | None]:
-        full = self.stages[-1] if self.full_trained else None
-        return {"full": full, "stage": self.stages[self.current - 1]}
+        """The full model (stage T) and this round's stage model; after the run's last round the
+        headline full model is assembled from every stage's latest blocks (``full_as_trained``
+        is stage T as it was last trained)."""
+        stage = self.stages[self.current - 1]
+        if not self.full_trained:
+            return {"full": None, "stage": stage}
+        if self.round < self.ctx.rounds:
+            return {"full": self.stages[-1], "stage": stage}
+        return {"full": self.assembled(), "stage": stage, "full_as_trained": self.stages[-1]}
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"stages": [m.state_dict() for m in self.stages], "full_trained": self.full_trained,
+        return {"stages": [m.state_dict() for m in self.stages], "trained_in": list(self.trained_in),
                 "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for model, stage_state in zip(self.stages, state["stages"], strict=True):
             model.load_state_dict(stage_state)
-        self.full_trained = state["full_trained"]
+        self.trained_in = list(state["trained_in"])
         self.schedule.load_state_dict(state["schedule"])

@@ -31,6 +31,9 @@ class NeuLiteParams:
     # Training harmonizer: ``harmonizer = false`` sets no overlap and no refresh from the full model.
     harmonizer: bool = True
     overlap: int = 1  # trailing conv+BN pairs of block t-1 trained in stage t (0 = none)
+    # Frozen blocks' norm layers: "train" (the release's: batch statistics, running statistics
+    # updated, uploaded and aggregated) or "eval" (their running statistics, untouched).
+    frozen_bn: Literal["train", "eval"] = "train"
     # Schedule: ``cyclic`` (round r trains stage ((r-1) mod T)+1) or ``sequential``.
     schedule: Literal["cyclic", "sequential"] = "cyclic"
     stage_rounds: list[int] = field(default_factory=list)  # sequential: R_t (one value: all stages)

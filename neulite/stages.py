@@ -50,11 +50,12 @@ def _run(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
 class StageModel(nn.Module):
     """``blocks[0..t-1] -> out``; stage T keeps the model's own head (it is the full model)."""
 
-    def __init__(self, model: BlockModel, stage: int, overlap: int = 0, projection: bool = False) -> None:
+    def __init__(self, model: BlockModel, stage: int, overlap: int = 0, projection: bool = False,
+                 frozen_bn: str = "train") -> None:
         super().__init__()
         if not 1 <= stage <= model.num_blocks:
             raise ValueError(f"stage must be in 1..{model.num_blocks}, got {stage}")
-        self.stage = stage
+        self.stage, self.frozen_bn = stage, frozen_bn
         self.blocks = nn.ModuleList(model.blocks[:stage])
         width = model.block_info[-1].out_channels
         head = model.head if stage == model.num_blocks else ClassifierHead(width, model.num_classes)
@@ -90,9 +91,12 @@ class StageModel(nn.Module):
         return self.out.head.fc(self.features(x)[1])
 
     def train(self, mode: bool = True) -> StageModel:
-        """Frozen norm layers stay in eval mode: a frozen block computes the same function in
-        training as in evaluation, and its running statistics do not drift (**decided**)."""
+        """With ``frozen_bn = "eval"`` frozen norm layers stay in eval mode: a frozen block then
+        computes the same function in training as in evaluation, and its statistics do not drift.
+        With ``"train"`` (the release's) they normalise with batch statistics and update their own."""
         super().train(mode)
+        if self.frozen_bn == "train":
+            return self
         for module in self.blocks.modules():
             own = list(module.parameters(recurse=False))
             has_stats = any(True for _ in module.buffers(recurse=False))

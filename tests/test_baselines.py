@@ -9,24 +9,10 @@ import baselines  # noqa: F401  (registration)
 from baselines.submodel import SubModel, aggregate, leftmost, rolling, shapes_of
 from harness.config import OptimizerConfig
 from harness.fleet import Device
-from harness.memory import TensorTracker
-from harness.methods import METHODS, Estimator, MethodContext, TaskSpec, weighted_average
-from harness.models import ModelSpec
-from harness.training import make_optimizer, measured_step
+from harness.methods import TaskSpec, weighted_average
+from harness.training import measure_task
 
-SHAPE = (1, 8, 8)
-
-
-def context(model: str = "cnn", shape: tuple[int, ...] = SHAPE, width: float = 1.0) -> MethodContext:
-    estimator = Estimator(shape, 10, 8, OptimizerConfig(), 2, torch.device("cpu"))
-    spec = ModelSpec(model, 10, shape[0], shape[-1])
-    labels = {0: [5] * 9 + [0]}  # device 0 holds no sample of class 9
-    return MethodContext(spec, width, shape, 10, [Device(0, 2**40)], 0, torch.device("cpu"), estimator, labels)
-
-
-def method(name: str, model: str = "cnn", shape: tuple[int, ...] = SHAPE, **params):
-    cls = METHODS[name]
-    return cls(cls.parse_params(params), context(model, shape))
+from helpers import SHAPE, context, method, uploaded
 
 
 def numel(model: torch.nn.Module) -> int:
@@ -68,7 +54,7 @@ def test_overlapping_index_sets_average_per_entry_and_keep_untrained():
 
 
 def test_extract_cuts_real_smaller_tensors_for_resnet_and_its_shortcuts():
-    m = method("fedrolex", "resnet18", (3, 8, 8), rates=[1.0, 0.25])
+    m = method("fedrolex", context("resnet18", (3, 8, 8)), rates=[1.0, 0.25])
     for rnd in (1, 40, 200):  # windows that wrap around 64, 128, 256 and 512 channels
         task = m.client_task(rnd, Device(0, 2**40), TaskSpec("width", 0.25))
         assert numel(task.model) < numel(m.model) / 12
@@ -108,7 +94,7 @@ RESNET18_PARAMS = {1.0: 11_173_962, 0.5: 2_797_610, 0.25: 701_466, 0.125: 176_40
 
 
 def test_resnet18_sub_model_parameter_counts():
-    m = method("heterofl", "resnet18", (3, 32, 32))
+    m = method("heterofl", context("resnet18", (3, 32, 32)))
     with torch.device("meta"):
         counts = {s.value: numel(m.build_task(s).model) for s in m.ladder}
     assert counts == RESNET18_PARAMS
@@ -126,16 +112,8 @@ def test_largest_fitting_rate_and_exclusion():
 # -- estimate == measured --------------------------------------------------------------------------
 
 def measured_peak(m, spec: TaskSpec, shape=SHAPE) -> int:
-    task = m.client_task(1, Device(0, 2**40), spec)
-    opt = make_optimizer(task.model, OptimizerConfig())
-    tracker = TensorTracker()
-    tracker.register_model(task.model)
     x, y = torch.randn(8, *shape), torch.randint(0, 10, (8,))
-    loss = None
-    for _ in range(2):  # the previous step's loss stays alive, as in training and the estimate
-        loss = measured_step(tracker, task, opt, x, y)
-    del loss
-    return tracker.report().peak
+    return measure_task(lambda: m.client_task(1, Device(0, 2**40), spec), x, y, OptimizerConfig(), 2).peak
 
 
 @pytest.mark.parametrize(("name", "params", "spec"), [
@@ -148,33 +126,6 @@ def measured_peak(m, spec: TaskSpec, shape=SHAPE) -> int:
 def test_estimate_equals_measured(name, params, spec):
     m = method(name, **params)
     assert m.estimate(spec).peak == measured_peak(m, spec)
-
-
-def test_fjord_estimate_is_the_peak_of_sampled_steps():
-    m = method("fjord", distill=True)
-    spec = TaskSpec("width", 0.8)
-    assert m.estimate(spec).peak >= measured_peak(m, spec)
-    assert m.estimate(spec).peak > m.estimate(TaskSpec("width", 0.6)).peak
-
-
-def test_depthfl_trains_the_first_blocks_and_aggregates_layer_wise():
-    m = method("depthfl")
-    task = m.client_task(1, Device(0, 2**40), TaskSpec("depth", 2))
-    assert len(task.model.blocks) == 2 and len(task.model.heads) == 2
-    assert numel(task.model) < numel(m.model) / 3
-    logits = {k: f(torch.randn(4, *SHAPE)) for k, f in m.eval_models().items()}
-    assert {k: v.shape for k, v in logits.items()} == {"deepest": (4, 10), "ensemble": (4, 10)}
-
-
-def test_fjord_samples_p_per_step_deterministically_up_to_its_maximum():
-    m = method("fjord")
-    draws = []
-    for _ in range(2):
-        loss = m.client_task(3, Device(4, 2**40), TaskSpec("width", 0.6)).loss
-        draws.append([loss.sample() for _ in range(40)])
-    assert draws[0] == draws[1] and set(draws[0]) == {0.6, 0.4, 0.2}
-    resident = m.client_task(3, Device(4, 2**40), TaskSpec("width", 0.6)).model
-    assert numel(resident) == numel(m.ctx.build_model(0.6))
 
 
 def test_masked_cross_entropy_ignores_classes_absent_from_the_client():
@@ -203,8 +154,58 @@ def test_static_bn_is_evaluated_with_training_data_statistics():
     assert off.eval_models()["global"] is off.model
 
 
-def test_depthfl_depths_beyond_the_model_are_a_config_error():
-    from harness.config import ConfigError
+def test_label_split_averages_a_classifier_row_over_the_clients_that_hold_its_class():
+    """HeteroFL's and FedRolex's combine: client 1 never saw class 0, so row 0 (and bias 0) of the
+    aggregate is client 0's alone; rows both clients hold are their mean."""
+    labels = {0: [5] * 10, 1: [0] + [5] * 9}
+    for name in ("heterofl", "fedrolex"):
+        m = method(name, context(labels=labels), rates=[1.0, 0.5])
+        specs = [TaskSpec("width", 1.0), TaskSpec("width", 0.5)]
+        uploads = [perturbed(m.client_task(1, Device(d, 2**40), s).model.state_dict(), d + 1)
+                   for d, s in enumerate(specs)]
+        results = [uploaded(d, s, u) for d, (s, u) in enumerate(zip(specs, uploads, strict=True))]
+        m.aggregate(1, results)
+        fc_w, fc_b = m.model.head.fc.weight, m.model.head.fc.bias
+        assert torch.equal(fc_w[0], uploads[0]["head.fc.weight"][0]) and fc_b[0] == uploads[0]["head.fc.bias"][0]
+        half = uploads[1]["head.fc.weight"].shape[1]  # the width-0.5 client holds the leftmost inputs
+        mean = (uploads[0]["head.fc.weight"][1, :half] + uploads[1]["head.fc.weight"][1, :half]) / 2
+        assert torch.allclose(fc_w[1, :half], mean)
+        assert torch.equal(fc_w[1, half:], uploads[0]["head.fc.weight"][1, half:])
+        plain = method(name, context(labels=labels), rates=[1.0, 0.5], label_split=False)
+        plain.aggregate(1, results)
+        assert torch.allclose(plain.model.head.fc.weight[0, :half], (uploads[0]["head.fc.weight"][0, :half]
+                                                                     + uploads[1]["head.fc.weight"][0, :half]) / 2)
 
-    with pytest.raises(ConfigError, match=r"depths \[4\] exceed the 3 blocks of cnn"):
-        method("depthfl", depths=[4])
+
+def test_fedrolex_evaluates_with_batch_statistics_heterofl_with_gathered_ones():
+    assert method("fedrolex").params.global_bn_stats is False and method("heterofl").params.global_bn_stats
+    assert method("heterofl").params.masked_ce and method("fedrolex").params.label_split
+
+
+# -- FedProx -------------------------------------------------------------------------------------
+
+def test_fedprox_gradient_is_cross_entropy_plus_mu_times_the_distance_to_the_global_model():
+    m = method("fedprox", mu=0.3)
+    task = m.client_task(1, Device(0, 2**40), TaskSpec("full"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # local training has moved the weights away from the global ones
+        for p in task.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    x, y = torch.randn(8, *SHAPE), torch.arange(8)
+    task.loss(task.model, x, y).backward()
+    prox = {n: p.grad.clone() for n, p in task.model.named_parameters()}
+    task.model.zero_grad()
+    torch.nn.functional.cross_entropy(task.model(x), y).backward()
+    for (name, p), w_global in zip(task.model.named_parameters(), m.model.parameters(), strict=True):
+        assert torch.allclose(prox[name], p.grad + 0.3 * (p.detach() - w_global), atol=1e-6), name
+
+
+def test_fedprox_client_holds_a_copy_of_the_global_weights_in_estimate_and_measurement():
+    prox, exclusive = method("fedprox"), method("exclusive")
+    full = TaskSpec("full")
+    copy = sum(p.nbytes for p in prox.model.parameters())
+    estimate = prox.estimate(full)
+    assert estimate.categories["state"] == copy and exclusive.estimate(full).categories["state"] == 0
+    assert estimate.peak >= exclusive.estimate(full).peak + copy
+    assert estimate.peak == measured_peak(prox, full)
+    assert "budget" in prox.choose(1, Device(1, exclusive.estimate(full).peak)).reason  # the copy must fit too

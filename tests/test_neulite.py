@@ -13,11 +13,10 @@ from torch import nn
 from harness.config import OptimizerConfig, suite_from_dict
 from harness.engine import run_suite
 from harness.fleet import Device
-from harness.memory import TensorTracker, estimate_peak
-from harness.methods import METHODS, Estimator, Excluded, MethodContext, TaskSpec
-from harness.models import ModelSpec
+from harness.memory import estimate_peak
+from harness.methods import METHODS, Excluded, MethodContext, TaskSpec
 from harness.plugins import load_plugins
-from harness.training import make_optimizer, measured_step
+from harness.training import make_optimizer, measure_task
 from neulite.harmonizer import overlap_modules, refresh
 from neulite.hsic import centred_kernel, gaussian_kernel, hsic_centred, nhsic
 from neulite.method import NeuLite
@@ -25,15 +24,10 @@ from neulite.params import NeuLiteParams, per_stage
 from neulite.schedule import Cyclic, Sequential, effective_movement, proportional_rounds
 from neulite.stages import StageModel
 
+from helpers import context
+
 load_plugins()
 SIGMA = 5.0
-
-
-def context(model: str = "cnn", shape: tuple[int, ...] = (1, 8, 8), width: float = 1.0, batch: int = 8,
-            fleet: list[Device] | None = None) -> MethodContext:
-    est = Estimator(shape, 10, batch, OptimizerConfig(), 2, torch.device("cpu"))
-    return MethodContext(ModelSpec(model, 10, shape[0], shape[-1]), width, shape, 10,
-                         fleet or [Device(0, 2**40)], 0, torch.device("cpu"), est)
 
 
 def neulite(ctx: MethodContext | None = None, **raw) -> NeuLite:
@@ -119,8 +113,10 @@ def test_stage_models_of_the_zoo(name, shape, width):
     assert set(last.state_dict()) == full_keys  # stage T is the full model with its real head
 
 
-def test_frozen_blocks_run_without_autograd_and_stay_in_eval_mode():
-    stage = StageModel(context("resnet18", (3, 32, 32), 0.125).build_model(), 3, overlap=1).train()
+@pytest.mark.parametrize("frozen_bn", ["eval", "train"])
+def test_frozen_blocks_run_without_autograd_with_their_norm_mode(frozen_bn):
+    stage = StageModel(context("resnet18", (3, 32, 32), 0.125).build_model(), 3, overlap=1,
+                       frozen_bn=frozen_bn).train()
     seen = {}
     watched = {"block 1": stage.blocks[0], "block 2, unit 1": stage.blocks[1][0],
                "block 2, unit 2": stage.blocks[1][1], "block 3": stage.blocks[2]}
@@ -129,8 +125,9 @@ def test_frozen_blocks_run_without_autograd_and_stay_in_eval_mode():
     stage(torch.randn(2, 3, 32, 32)).sum().backward()
     # only block 2's last unit, which holds the trainable tail (conv2/bn2), runs with autograd
     assert seen == {"block 1": False, "block 2, unit 1": False, "block 2, unit 2": True, "block 3": True}
-    assert not stage.blocks[0][1].training and stage.blocks[2][0].bn1.training
-    assert not stage.blocks[1][-1].bn1.training and stage.blocks[1][-1].bn2.training
+    frozen_training = frozen_bn == "train"
+    assert stage.blocks[0][1].training == frozen_training and stage.blocks[2][0].bn1.training
+    assert stage.blocks[1][-1].bn1.training == frozen_training and stage.blocks[1][-1].bn2.training
 
 
 def expected_trainable(name: str, stage: StageModel, overlap: int) -> set[str]:
@@ -266,17 +263,9 @@ def test_estimate_equals_tensor_measurement_for_every_stage(name, shape, width, 
     cfg = OptimizerConfig()
     for spec in method.memory_specs():
         estimate = estimate_peak(lambda spec=spec: method.build_task(spec), shape, 10, batch, cfg, 2)
-        task = method.build_task(spec)
-        task.model.train()
-        opt = make_optimizer(task.model, cfg)
-        tracker = TensorTracker()
-        tracker.register_model(task.model)
         x, y = torch.randn(batch, *shape), torch.arange(batch) % 10
-        loss = None
-        for _ in range(2):  # as train_local does: the last loss stays alive during the next step
-            loss = measured_step(tracker, task, opt, x, y)
-        del loss
-        assert tracker.report() == estimate, spec
+        measured = measure_task(lambda spec=spec: method.client_task(1, Device(0, 2**40), spec), x, y, cfg, 2)
+        assert measured == estimate, spec
 
 
 def test_memory_table_lists_every_stage_and_saves_memory(capsys):
@@ -320,6 +309,8 @@ def test_end_to_end_records_and_resume_state(tmp_path):
     clients = [json.loads(line) for line in (run / "clients.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rounds] == [1, 2, 3, 1]
     assert [r["accuracy"] is None for r in rounds] == [True, True, False, False]
+    assert set(rounds[-1]["evals"]) == {"full", "stage", "full_as_trained"} and set(rounds[-2]["evals"]) == {
+        "full", "stage"}  # the last round's headline is assembled from every stage
     assert all(r["evals"]["stage"]["accuracy"] is not None for r in rounds)
     excluded = [c for c in clients if c["status"] == "excluded"]
     assert excluded and all("stage=" in c["reason"] and "budget" in c["reason"] for c in excluded)
@@ -340,13 +331,41 @@ def test_end_to_end_records_and_resume_state(tmp_path):
         assert all(torch.equal(v, b[k]) for k, v in a.state_dict().items())
 
 
-def test_upload_holds_exactly_the_trained_modules():
-    method = neulite(context(), overlap=1)
-    task = method.client_task(1, Device(0, 2**40), TaskSpec("stage", 2))
-    sent = task.upload(task.model)
+@pytest.mark.parametrize("frozen_bn", ["train", "eval"])
+def test_upload_holds_exactly_what_training_changed(frozen_bn):
+    """Stage 3 of the CNN without overlap: block 3 and the head train; block 1 and 2 are frozen, and
+    their norm statistics change (and go up) only when frozen norms run in training mode."""
+    method = neulite(context(), overlap=0, frozen_bn=frozen_bn)
+    task = method.client_task(1, Device(0, 2**40), TaskSpec("stage", 3))
+    task.model.train()
+    sent = set(task.upload(task.model))
     trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
-    assert trainable <= set(sent)
-    assert not any(k.startswith("blocks.0.") and k in dict(task.model.named_parameters()) and k not in trainable
-                   for k in sent)
-    assert all(k.startswith(("blocks.0.", "blocks.1.", "out.")) for k in sent)
-    assert "blocks.1.0.weight" in sent and "blocks.1.1.running_mean" in sent
+    stats = {f"blocks.{b}.1.{s}" for b in (0, 1, 2) for s in ("running_mean", "running_var", "num_batches_tracked")}
+    frozen_stats = {k for k in stats if not k.startswith("blocks.2.")}
+    assert sent == trainable | (stats if frozen_bn == "train" else stats - frozen_stats)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    task.loss(task.model, torch.randn(8, 1, 8, 8), torch.arange(8)).backward()
+    changed = {k for k, v in task.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == sent - trainable  # the forward pass moved exactly the statistics that are sent
+
+
+def test_final_model_takes_each_block_from_the_stage_that_trained_it_last():
+    """Cyclic, three stages, five rounds: stage 3 last trained in round 3, stages 1 and 2 in rounds 4
+    and 5. After the last round the full model's blocks 1-2 come from stage 2 (which refreshed block 1
+    from stage 1 before training), block 3 and the head from stage 3."""
+    method = neulite(context(rounds=5))
+    for s, stage in enumerate(method.stages):
+        for b, block in enumerate(stage.blocks):
+            for t in block.state_dict().values():
+                t.fill_(10 * (s + 1) + b)
+    method.trained_in = [4, 5, 3]
+    method.round = 4
+    assert method.eval_models()["full"] is method.stages[-1]  # before the last round: stage 3 as trained
+    method.round = 5
+    models = method.eval_models()
+    assert models["full_as_trained"] is method.stages[-1]
+    full = models["full"]
+    assert [float(next(iter(b.state_dict().values())).flatten()[0]) for b in full.blocks] == [20.0, 21.0, 32.0]
+    assert all(torch.equal(a, b) for a, b in zip(full.out.state_dict().values(),
+                                                 method.stages[-1].out.state_dict().values(), strict=True))
+    assert method.stages[0].blocks[0].state_dict()["0.weight"].flatten()[0] == 10.0  # the stages stay as they were
