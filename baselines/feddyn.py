@@ -13,36 +13,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+from baselines.fedprox import GlobalCopy
+from harness.training import trainable_parameters
 
 
 class DynamicRegularizer:
-    """The client's FedDyn term; holds its copy of the global weights and its gradient correction."""
+    """The client's FedDyn term; holds its copy of the global weights and its gradient correction.
+    The quadratic term goes through autograd, as in DepthFL's reference (which keeps ``w - w_global``
+    for the backward pass)."""
 
     def __init__(self, model: nn.Module, alpha: float, device: torch.device) -> None:
         self.alpha = alpha
-        params = trainable(model)
-        self.names = [name for name, _ in params]
-        self.anchor = [p.detach().to(device, copy=True) for _, p in params]
-        self.correction = [torch.zeros_like(a) for a in self.anchor]
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.anchor = GlobalCopy(model, device)
+        self.correction = [torch.zeros_like(a) for a in self.anchor.tensors]
 
     def load(self, model: nn.Module, correction: dict[str, torch.Tensor]) -> None:
         """In place: ``model``'s current (global) weights as the anchor, and the client's stored
         correction (zero for a client that never trained)."""
+        self.anchor.load(model)
         with torch.no_grad():
-            for name, a, g, (_, p) in zip(self.names, self.anchor, self.correction, trainable(model), strict=True):
-                a.copy_(p)
+            for name, g in zip(self.names, self.correction, strict=True):
                 if name in correction:
                     g.copy_(correction[name])
                 else:
                     g.zero_()
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
-        params = [p for _, p in trainable(model)]
+        params = trainable_parameters(model)
         linear = sum((p * g).sum() for p, g in zip(params, self.correction, strict=True))
-        quadratic = sum(((p - a) ** 2).sum() for p, a in zip(params, self.anchor, strict=True))
+        quadratic = sum(((p - a) ** 2).sum() for p, a in zip(params, self.anchor.tensors, strict=True))
         return self.alpha / 2 * quadratic - linear
 
 

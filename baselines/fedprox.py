@@ -3,8 +3,10 @@
 A client minimises ``CE + mu/2 * ||w - w_global||^2`` over its trainable parameters, so it holds a
 copy of the global weights next to its model; that copy is part of its memory (``state``) in the
 estimate and the measurement, and only devices whose budget fits the full model plus the copy take
-part (as ExclusiveFL). FedProx's other half, accepting partial local work from stragglers, is not
-modelled: every client runs the suite's local epochs.
+part (as ExclusiveFL). The term's gradient ``mu (w - w_global)`` is recomputed in the backward pass,
+as the authors' perturbed-gradient optimizer applies it, so nothing else is kept for it. FedProx's
+other half, accepting partial local work from stragglers, is not modelled: every client runs the
+suite's local epochs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 from baselines.fedavg import ExclusiveFL, FedAvgParams
 from harness.fleet import Device
 from harness.methods import TaskSpec, register_method
-from harness.training import Task
+from harness.training import Task, trainable_parameters
 
 
 @dataclass
@@ -30,24 +32,47 @@ class FedProxParams(FedAvgParams):
             raise ValueError(f"mu must be >= 0, got {self.mu}")
 
 
+class GlobalCopy:
+    """The client's copy of the global weights (of its trainable parameters), on its device."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.tensors = [p.detach().to(device, copy=True) for p in trainable_parameters(model)]
+
+    def load(self, model: nn.Module) -> None:
+        """In place: take ``model``'s current weights, the global ones once they are loaded."""
+        with torch.no_grad():
+            for copy, p in zip(self.tensors, trainable_parameters(model), strict=True):
+                copy.copy_(p)
+
+
+class ProximalTerm(torch.autograd.Function):
+    """``mu/2 * ||w - w_global||^2`` of one tensor, whose backward pass recomputes ``w - w_global``
+    instead of keeping it from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, anchor: torch.Tensor, mu: float) -> torch.Tensor:
+        ctx.save_for_backward(w, anchor)
+        ctx.mu = mu
+        return (w - anchor).pow(2).sum() * (mu / 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        w, anchor = ctx.saved_tensors
+        return grad * ctx.mu * (w - anchor), None, None
+
+
 class ProximalLoss:
-    """Cross-entropy plus ``mu/2 * ||w - w_global||^2``; holds the client's copy of the global weights
-    (``anchor``), on the device the client trains on."""
+    """Cross-entropy plus the proximal term, which is computed first so that its temporaries are
+    gone before the forward pass's activations pile up."""
 
     def __init__(self, model: nn.Module, mu: float, device: torch.device) -> None:
         self.mu = mu
-        self.anchor = [p.detach().to(device, copy=True) for p in model.parameters() if p.requires_grad]
-
-    def anchor_at(self, model: nn.Module) -> None:
-        """Take ``model``'s current weights (the global ones) as the anchor, in place."""
-        with torch.no_grad():
-            for a, p in zip(self.anchor, (p for p in model.parameters() if p.requires_grad), strict=True):
-                a.copy_(p)
+        self.anchor = GlobalCopy(model, device)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        trainable = (p for p in model.parameters() if p.requires_grad)
-        proximal = sum(((p - a) ** 2).sum() for p, a in zip(trainable, self.anchor, strict=True))
-        return F.cross_entropy(model(x), y) + self.mu / 2 * proximal
+        pairs = zip(trainable_parameters(model), self.anchor.tensors, strict=True)
+        proximal = sum(ProximalTerm.apply(w, a, self.mu) for w, a in pairs)
+        return F.cross_entropy(model(x), y) + proximal
 
 
 @register_method("fedprox")
@@ -60,6 +85,6 @@ class FedProx(ExclusiveFL):
         return task
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
-        task = super().client_task(rnd, device, spec)  # the global weights are loaded after the anchor was made
-        task.loss.anchor_at(task.model)
+        task = super().client_task(rnd, device, spec)  # the global weights are loaded after the copy was made
+        task.loss.anchor.load(task.model)
         return task

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from baselines.norms import OrderedBatchNorm2d
-from baselines.submodel import Shapes
+from baselines.submodel import Shapes, twin_shapes
 from baselines.width import WidthMethod, WidthParams
 from harness.engine import derived_seed
 from harness.fleet import Device
@@ -52,9 +52,7 @@ def leftmost_forward(model: nn.Module, shapes: Shapes, x: torch.Tensor) -> torch
 
 def norm_channels(build: Callable[[], nn.Module]) -> list[int]:
     """The channel count of every batch norm of a model, in module order (built on meta)."""
-    with torch.device("meta"):
-        model = build()
-    return [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return [shape[0] for key, shape in twin_shapes(build).items() if key.endswith("running_mean")]
 
 
 @dataclass

@@ -84,13 +84,15 @@ class HeteroFL(WidthMethod):
         return sub.with_rows(self.classifier, rows), {
             **state, **{key: state[key].index_select(0, rows) for key in self.classifier}}
 
+    @property
+    def calibrates(self) -> bool:
+        """With ``global_bn_stats = false`` the global model normalises with each test batch's
+        statistics, and no pass over the training data is made."""
+        return self.params.global_bn_stats
+
     def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """HeteroFL's static BN at inference: a full-width twin with tracked BatchNorm gathers the
-        global model's statistics over the training data (cumulative average), then evaluates. With
-        ``global_bn_stats = false`` the global model normalises with each test batch's statistics."""
-        if not self.params.global_bn_stats:
-            self.eval_model = self.model
-            return
+        global model's statistics over the training data (cumulative average), then evaluates."""
         twin = self.ctx.build_model(1.0)
         for module in twin.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -118,9 +118,8 @@ class Run:
         torch.manual_seed(derived_seed(seed, 0))
         self.method = cls(self.params, self.ctx)
         self.test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
-        calibrates = type(self.method).calibrate is not Method.calibrate
         self.calibration = Batches(data, torch.arange(len(data.train_y)), cfg.eval_batch_size, device) \
-            if calibrates else None
+            if self.method.calibrates else None
         self.tag = f"[{entry.label} seed {seed}]"
 
     def manifest(self) -> dict[str, Any]:

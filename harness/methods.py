@@ -163,9 +163,15 @@ class Method(ABC):
         """The tasks ``python -m harness memory --method`` tabulates (e.g. every stage or width)."""
         return [TaskSpec("full")]
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether ``calibrate`` needs the training data (by default: when it is overridden)."""
+        return type(self).calibrate is not Method.calibrate
+
     def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:  # noqa: B027 (optional hook)
         """Before evaluation, a pass over the training data (no augmentation) for methods that
-        gather statistics at the server, as HeteroFL's static BN does. Only called when overridden."""
+        gather statistics at the server, as HeteroFL's static BN does. Only called when
+        ``calibrates``."""
 
     def round_info(self, rnd: int) -> dict[str, Any]:
         """Extra fields for the round record (e.g. the stage trained)."""

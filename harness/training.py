@@ -60,11 +60,15 @@ class LocalResult:
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD over the trainable parameters only: frozen ones get no state. The multi-tensor
     (``foreach``) path, whose temporaries differ, is chosen from the device explicitly, because
     torch's own default turns it off for the fake tensors of the estimate."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = trainable_parameters(model)
     if not trainable:
         raise ValueError("the task's model has no trainable parameter")
     return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -91,6 +95,7 @@ def loss_terms(task: Task, x: torch.Tensor, y: torch.Tensor, phase) -> Iterator[
     if isinstance(out, torch.Tensor):
         yield out
         return
+    out = iter(out)
     while True:
         with phase("forward"):
             term = next(out, None)
@@ -154,6 +159,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
     probes = sources.start_probes(batches.device, measure_rss)
     tracker = TensorTracker()
     task = build_tracked(tracker, build, batches.device)
+    probes.rebase()
     model = task.model.train()
     bytes_down = tensor_bytes(model.state_dict())
     optimizer = make_optimizer(model, cfg)

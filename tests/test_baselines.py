@@ -149,9 +149,10 @@ def test_static_bn_is_evaluated_with_training_data_statistics():
     assert torch.allclose(bn.running_var, conv_out.var((0, 2, 3)), atol=1e-4)
     # the weights are the global model's; only the statistics are new
     assert torch.equal(bn.weight, m.model.blocks[0][1].weight)
-    off = method("heterofl", global_bn_stats=False)
-    off.calibrate([(x, torch.zeros(64, dtype=torch.long))])
-    assert off.eval_models()["global"] is off.model
+    assert m.calibrates
+    off = method("heterofl", global_bn_stats=False)  # no pass over the training data at all
+    assert not off.calibrates and off.eval_models()["global"] is off.model
+    assert not method("fedrolex").calibrates
 
 
 def test_label_split_averages_a_classifier_row_over_the_clients_that_hold_its_class():
@@ -206,6 +207,8 @@ def test_fedprox_client_holds_a_copy_of_the_global_weights_in_estimate_and_measu
     copy = sum(p.nbytes for p in prox.model.parameters())
     estimate = prox.estimate(full)
     assert estimate.categories["state"] == copy and exclusive.estimate(full).categories["state"] == 0
-    assert estimate.peak >= exclusive.estimate(full).peak + copy
+    # nothing else is kept for the term: at most one parameter's temporary of its backward pass
+    largest = max(p.nbytes for p in prox.model.parameters())
+    assert 0 <= estimate.peak - exclusive.estimate(full).peak - copy <= largest
     assert estimate.peak == measured_peak(prox, full)
     assert "budget" in prox.choose(1, Device(1, exclusive.estimate(full).peak)).reason  # the copy must fit too

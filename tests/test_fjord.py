@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from baselines.fjord import leftmost_forward
 from baselines.norms import OrderedBatchNorm2d
 from harness.fleet import Device
-from harness.methods import Method, TaskSpec
+from harness.methods import TaskSpec
 from harness.training import Task, make_optimizer, measure_task, training_step
 
 from helpers import SHAPE, UNLIMITED, context, method, uploaded
@@ -133,4 +133,4 @@ def test_the_estimate_covers_every_sampled_step():
 
 def test_no_central_pass_over_the_training_data():
     """A FjORD deployment has no server pass over all clients' data: statistics come from training."""
-    assert type(method("fjord")).calibrate is Method.calibrate
+    assert not method("fjord").calibrates

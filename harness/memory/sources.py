@@ -61,7 +61,7 @@ def nvml_for(device: torch.device) -> _Nvml | None:
 
 
 class Probes:
-    """Starts the sources before the measured steps and reads their peaks at ``stop()``."""
+    """Starts the sources before a client's task is built and reads their peaks at ``stop()``."""
 
     def __init__(self, device: torch.device, rss: bool) -> None:
         self.device = device
@@ -74,6 +74,15 @@ class Probes:
             self._cuda_start = torch.cuda.memory_allocated(device)
         if self._nvml is not None:
             self._nvml_start = self._nvml.used()
+
+    def rebase(self) -> None:
+        """Restart the peaks, keeping the starts: what was built since the start and is still held
+        counts, transients of building (a full model cut down to a stage) do not."""
+        if self._rss_start is not None:
+            reset_rss_peak()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def stop(self) -> None:
         if self._records is not None:
