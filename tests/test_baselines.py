@@ -120,7 +120,6 @@ def measured_peak(m, spec: TaskSpec, shape=SHAPE) -> int:
     ("heterofl", {}, TaskSpec("width", 0.5)),
     ("heterofl", {"masked_ce": True}, TaskSpec("width", 0.25)),
     ("fedrolex", {}, TaskSpec("width", 0.125)),
-    ("depthfl", {}, TaskSpec("depth", 2)),
     ("fjord", {"rates": [0.5]}, TaskSpec("width", 0.5)),  # one rate: every step is the peak
 ])
 def test_estimate_equals_measured(name, params, spec):

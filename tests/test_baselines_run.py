@@ -29,13 +29,12 @@ def suite(tmp_path_factory):
         "fleet": {"devices": 6, "distribution": "trace", "trace": str(trace)},
         "measure": {"rss": False},
         "methods": [*({"method": m} for m in METHODS if m != "fedrolex"),
-                    {"method": "fedrolex", "global_bn_stats": True},  # evaluated as HeteroFL is: see below
-                    {"method": "fjord", "label": "fjord-kd", "distill": True}],
+                    {"method": "fedrolex", "global_bn_stats": True}],  # evaluated as HeteroFL is: see below
     })
     return run_suite(cfg, folder, log=lambda _: None)
 
 
-@pytest.mark.parametrize("label", [*METHODS, "fjord-kd"])
+@pytest.mark.parametrize("label", METHODS)
 def test_records_show_each_clients_size_and_exclusions(suite, label):
     clients = lines(suite / f"{label}-seed0" / "clients.jsonl")
     rounds = lines(suite / f"{label}-seed0" / "rounds.jsonl")
@@ -45,7 +44,7 @@ def test_records_show_each_clients_size_and_exclusions(suite, label):
     for c in trained:
         assert c[kind] is not None and c["estimate"]["peak"] <= c["budget"]
         assert c["memory"]["tensor"]["peak"] <= c["estimate"]["peak"]
-        if not label.startswith("fjord"):  # FjORD's sampled p may stay under the estimated peak p
+        if label != "fjord":  # FjORD's sampled p may stay under the estimated peak p
             assert c["memory"]["tensor"]["peak"] == c["estimate"]["peak"]
     sizes = {c[kind] for c in clients if c["status"] != "excluded"}
     assert len(sizes) > 1  # budgets differ, so sizes differ
