@@ -122,6 +122,14 @@ class FjORD(WidthMethod):
         task.loss = OrderedDropout(self.shapes, spec.value, lambda: rng.choice(allowed), self.params.distill)
         return task
 
+    def flops_per_sample(self, spec: TaskSpec) -> float:
+        """The expected FLOPs of a step: p is uniform over the allowed widths, plus the p_max
+        teacher's pass with ``distill`` (whose task already holds a teacher and a student)."""
+        per_pass = {p: self.cost(TaskSpec("width", p)).flops_per_sample / (2 if self.params.distill else 1)
+                    for p in self.allowed(spec.value)}
+        student = sum(per_pass.values()) / len(per_pass)
+        return student + (per_pass[spec.value] if self.params.distill else 0.0)
+
     @cached_property
     def headline_rate(self) -> float:
         """The widest p that some device of the fleet can train: wider ones are never trained (their

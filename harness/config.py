@@ -51,7 +51,13 @@ class FleetConfig:
     tier_weights: list[float] = field(default_factory=list)  # empty = equal
     median_mb: float = 4.0  # lognormal
     sigma: float = 0.5  # lognormal
-    trace: str = ""  # CSV: device_id,memory_mb[,speed]
+    trace: str = ""  # CSV: device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]
+    # The device time model (docs/device-time.md): sustained training throughput and link speeds;
+    # several values: each device draws one (seeded). Defaults: a Raspberry-Pi-4-class CPU and
+    # median mobile links.
+    gflops: list[float] = field(default_factory=lambda: [10.0])
+    up_mbps: list[float] = field(default_factory=lambda: [10.0])
+    down_mbps: list[float] = field(default_factory=lambda: [50.0])
 
 
 @dataclass
@@ -86,6 +92,7 @@ class SuiteConfig:
     batch_size: int = 32
     eval_batch_size: int = 256
     seeds: list[int] = field(default_factory=lambda: [0])
+    deadline_s: float = 0.0  # round deadline in device seconds: slower clients are dropped (0: none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
@@ -228,10 +235,14 @@ def _check(condition: bool, message: str) -> None:
 
 
 def validate(suite: SuiteConfig) -> None:
-    """Ranges and cross-field rules; names are checked against the registries."""
+    """Ranges and cross-field rules; names are checked against the registries (with the built-in
+    methods and ``FL_HARNESS_PLUGINS`` loaded, so that no caller needs a step of its own)."""
     from harness.data import DATASETS
     from harness.methods import METHODS
     from harness.models import MODELS
+    from harness.plugins import load_plugins
+
+    load_plugins()
 
     for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
@@ -249,6 +260,7 @@ def validate(suite: SuiteConfig) -> None:
     validate_fleet(suite.fleet)
     _check(suite.clients_per_round <= suite.fleet.devices or suite.fleet.distribution == "trace",
            f"clients_per_round ({suite.clients_per_round}) exceeds fleet.devices ({suite.fleet.devices})")
+    _check(suite.deadline_s >= 0, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
     _check(suite.optimizer.lr > 0, f"optimizer.lr must be positive, got {suite.optimizer.lr}")
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
@@ -268,6 +280,9 @@ def validate(suite: SuiteConfig) -> None:
 
 
 def validate_fleet(fleet: FleetConfig) -> None:
+    for key in ("gflops", "up_mbps", "down_mbps"):
+        values = getattr(fleet, key)
+        _check(bool(values) and all(v > 0 for v in values), f"fleet.{key}: give positive values, got {values}")
     if fleet.distribution == "trace":
         _check(bool(fleet.trace), "fleet.trace: give the CSV file of device budgets")
         return

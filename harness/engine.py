@@ -15,6 +15,7 @@ import torch
 
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
+from harness.devicetime import DeviceTime, client_time, round_device_time
 from harness.fleet import MB, Device, build_fleet
 from harness.memory import MemoryReport
 from harness.methods import (
@@ -64,7 +65,7 @@ def deterministic_kernels() -> None:
 class Candidate:
     device: Device
     position: int  # index into the fleet and the partition
-    spec: TaskSpec | None
+    spec: TaskSpec | None  # the task offered (for an excluded device: the smallest one, if any)
     estimate: MemoryReport | None
     reason: str = ""
 
@@ -75,7 +76,8 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
     for position, device in enumerate(fleet):
         choice = method.choose(rnd, device)
         if isinstance(choice, Excluded):
-            candidates.append(Candidate(device, position, None, None, choice.reason))
+            estimate = method.estimate(choice.spec) if choice.spec is not None else None
+            candidates.append(Candidate(device, position, choice.spec, estimate, choice.reason))
             continue
         estimate = method.estimate(choice)
         reason = ""
@@ -83,6 +85,15 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
             reason = over_budget(device, choice, estimate.peak)
         candidates.append(Candidate(device, position, choice, estimate, reason))
     return candidates
+
+
+@dataclass
+class Clock:
+    """Cumulative time of a run: the host's wall time (the simulator's cost) and the simulated
+    time on the devices (synchronous rounds, each as long as its slowest participant)."""
+
+    wall: float = 0.0
+    device: float = 0.0
 
 
 def select(candidates: list[Candidate], k: int, policy: str, seed: int, rnd: int) -> set[int]:
@@ -133,12 +144,12 @@ class Run:
                      "num_classes": self.data.num_classes, "input_shape": list(self.ctx.input_shape)},
             "model": {"name": self.cfg.model.name, "width": self.cfg.model.width,
                       "parameters": sum(p.numel() for p in model.parameters())},
-            "fleet": [dataclasses.asdict(d) for d in self.fleet],
+            "fleet": [d.to_record() for d in self.fleet],
             "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes),
         }
 
     def execute(self, resume: bool) -> None:
-        first, wall_time = 1, 0.0
+        first, clock = 1, Clock()
         if not self.writer.has_records():
             self.writer.write_manifest(self.manifest())
         elif not resume:
@@ -150,12 +161,12 @@ class Run:
             done = 0 if checkpoint is None else checkpoint["round"]
             if checkpoint is not None:
                 self.method.load_state_dict(checkpoint["method"])
-                first, wall_time = done + 1, checkpoint["wall_time"]
+                first, clock = done + 1, Clock(checkpoint["wall_time"], checkpoint["device_time"])
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
         for rnd in range(first, self.cfg.rounds + 1):
-            wall_time = self.round(rnd, wall_time)
+            self.round(rnd, clock)
 
     def check_same_config(self) -> None:
         """Resuming with another config would mix two experiments in one set of records. More rounds,
@@ -174,16 +185,25 @@ class Run:
         config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}
         return {"config": config, "method_params": dataclasses.asdict(self.params)}
 
-    def round(self, rnd: int, wall_time: float) -> float:
+    def round(self, rnd: int, clock: Clock) -> None:
         start = time.perf_counter()
         candidates = plan_round(self.method, rnd, self.fleet)
         chosen = select(candidates, self.cfg.clients_per_round, self.cfg.selection, self.seed, rnd)
-        results, rows = [], []
+        results, rows, times, stragglers = [], [], [], 0
         for c in candidates:
             row = self.client_row(rnd, c)
             if c.position in chosen and not c.reason:
+                on_device = self.device_time(c)
+                row.update(on_device.to_record())
+                if self.cfg.deadline_s and on_device.total > self.cfg.deadline_s:
+                    row.update(status="straggler", reason=f"device time {on_device.total:.1f} s > deadline "
+                                                          f"{self.cfg.deadline_s:g} s")
+                    stragglers += 1
+                    rows.append(row)
+                    continue
                 result = self.train_client(rnd, c)
                 results.append(result)
+                times.append(on_device.total)
                 row.update(self.trained_fields(result))
                 if result.local.train_time >= SLOW_CLIENT_S:  # long rounds show their progress
                     self.log(f"{self.tag} round {rnd}: client {len(results)}/{len(chosen)} (device "
@@ -198,12 +218,21 @@ class Run:
         evals = {name: evaluate(model, self.test) if model is not None else (None, None)
                  for name, model in self.method.eval_models().items()}
         round_time = time.perf_counter() - start
-        wall_time += round_time
-        record = self.round_row(rnd, candidates, chosen, results, evals, round_time, wall_time)
+        device_round = round_device_time(times, self.cfg.deadline_s, stragglers)
+        clock.wall += round_time
+        clock.device += device_round
+        record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
+        record.update(device_time=device_round, stragglers=stragglers)
         self.writer.append_round(record, rows)
-        self.writer.save_checkpoint({"round": rnd, "wall_time": wall_time, "method": self.method.state_dict()})
+        self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,
+                                     "method": self.method.state_dict()})
         self.log_round(record)
-        return wall_time
+
+    def device_time(self, c: Candidate) -> DeviceTime:
+        """The candidate's round on its device: known before it trains, from the task's cost."""
+        samples = len(self.parts[c.position])
+        return client_time(c.device, self.method.cost(c.spec), self.method.flops_per_sample(c.spec), samples,
+                           self.cfg.local_epochs)
 
     def train_client(self, rnd: int, c: Candidate) -> ClientResult:
         torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
@@ -217,7 +246,7 @@ class Run:
 
     def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:
         row = {"round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
-               "device": c.device.id, "budget": c.device.budget, "speed": c.device.speed,
+               "device": c.device.id, "budget": c.device.budget,
                "status": "excluded" if c.reason else "trained", "reason": c.reason, "task": None,
                "estimate": c.estimate.to_record() if c.estimate else None}
         if c.spec is not None:
@@ -233,7 +262,7 @@ class Run:
 
     def round_row(self, rnd: int, candidates: list[Candidate], chosen: set[int], results: list[ClientResult],
                   evals: dict[str, tuple[float | None, float | None]], round_time: float,
-                  wall_time: float) -> dict[str, Any]:
+                  clock: Clock) -> dict[str, Any]:
         trained = {r.device.id for r in results}
         estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
         headline = next(iter(evals.values()), (None, None))
@@ -247,7 +276,8 @@ class Run:
             "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results), default=None),
             "peak_estimate": max(estimates, default=None),
             "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
-            "wall_time": wall_time, "bytes_up": sum(r.local.bytes_up for r in results),
+            "wall_time": clock.wall, "device_wall_time": clock.device,
+            "bytes_up": sum(r.local.bytes_up for r in results),
             "bytes_down": sum(r.local.bytes_down for r in results), **self.method.round_info(rnd),
         }
 

@@ -1,4 +1,6 @@
-"""The device fleet: memory budgets (MB in configs, bytes everywhere else), seeded or from a trace."""
+"""The device fleet: memory budgets (MB in configs, bytes everywhere else), compute throughput and
+link speeds (GFLOP/s and Mbit/s in configs, FLOP/s and bytes/s everywhere else), seeded or from a
+trace."""
 
 from __future__ import annotations
 
@@ -13,60 +15,84 @@ from harness.config import ConfigError, FleetConfig
 from harness.registry import Registry
 
 MB = 1024 * 1024
+GFLOPS = 1e9  # FLOP/s per GFLOP/s
+MBITS = 1e6 / 8  # bytes/s per Mbit/s
 
 
 @dataclass(frozen=True)
 class Device:
     id: int
     budget: int  # bytes of training memory the device can give
-    speed: float = 1.0  # relative compute speed (recorded; the local executor does not simulate it)
+    flops: float = 10 * GFLOPS  # sustained training throughput, FLOP/s (the device time model)
+    up: float = 10 * MBITS  # uplink, bytes/s
+    down: float = 50 * MBITS  # downlink, bytes/s
+
+    def to_record(self) -> dict[str, float]:
+        return {"id": self.id, "budget": self.budget, "flops": self.flops, "up": self.up, "down": self.down}
 
 
 FleetBuilder = Callable[[FleetConfig, torch.Generator], list[Device]]
 FLEETS: Registry[FleetBuilder] = Registry("fleet distribution")
 
 
-def _devices(budgets_mb: torch.Tensor) -> list[Device]:
-    return [Device(i, int(mb * MB)) for i, mb in enumerate(budgets_mb.tolist())]
+def _pick(values: list[float], n: int, g: torch.Generator) -> list[float]:
+    """``n`` draws from ``values`` (no draw at all for one value, so budgets stay as they were)."""
+    if len(values) == 1:
+        return values * n
+    return [values[i] for i in torch.randint(len(values), (n,), generator=g).tolist()]
+
+
+def _devices(budgets_mb: torch.Tensor, cfg: FleetConfig, g: torch.Generator) -> list[Device]:
+    """Devices with the given budgets; compute and link speeds drawn from the config's values."""
+    n = len(budgets_mb)
+    speeds = zip(_pick(cfg.gflops, n, g), _pick(cfg.up_mbps, n, g), _pick(cfg.down_mbps, n, g), strict=True)
+    return [Device(i, int(mb * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
+            for i, (mb, (gflops, up, down)) in enumerate(zip(budgets_mb.tolist(), speeds, strict=True))]
 
 
 @FLEETS.register("uniform")
 def uniform(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
-    return _devices(cfg.low_mb + (cfg.high_mb - cfg.low_mb) * torch.rand(cfg.devices, generator=g, dtype=torch.float64))
+    budgets = cfg.low_mb + (cfg.high_mb - cfg.low_mb) * torch.rand(cfg.devices, generator=g, dtype=torch.float64)
+    return _devices(budgets, cfg, g)
 
 
 @FLEETS.register("tiers")
 def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     weights = torch.tensor(cfg.tier_weights or [1.0] * len(cfg.tiers_mb), dtype=torch.float64)
     picks = torch.multinomial(weights, cfg.devices, replacement=True, generator=g)
-    return _devices(torch.tensor(cfg.tiers_mb, dtype=torch.float64)[picks])
+    return _devices(torch.tensor(cfg.tiers_mb, dtype=torch.float64)[picks], cfg, g)
 
 
 @FLEETS.register("lognormal")
 def lognormal(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     normal = torch.randn(cfg.devices, generator=g, dtype=torch.float64)
-    return _devices(cfg.median_mb * torch.exp(cfg.sigma * normal))
+    return _devices(cfg.median_mb * torch.exp(cfg.sigma * normal), cfg, g)
+
+
+TRACE_COLUMNS = "device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]"
 
 
 @FLEETS.register("trace")
 def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
-    """``device_id,memory_mb[,speed]`` per line; a header line is allowed."""
+    """``device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]`` per line (missing speeds: the config's
+    first value); a header line is allowed."""
     path = Path(cfg.trace).expanduser()
     if not path.is_file():
         raise ConfigError(f"fleet.trace: {path} does not exist")
+    defaults = [cfg.gflops[0], cfg.up_mbps[0], cfg.down_mbps[0]]
     devices = []
     with path.open(newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row or row[0].strip().startswith("#") or (line_no == 1 and not row[0].strip().isdigit()):
                 continue
             try:
-                speed = float(row[2]) if len(row) > 2 and row[2].strip() else 1.0
-                device = Device(int(row[0]), int(float(row[1]) * MB), speed)
+                gflops, up, down = (float(v) if v.strip() else d for v, d in zip(row[2:] + [""] * 3, defaults))
+                device = Device(int(row[0]), int(float(row[1]) * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
             except (ValueError, IndexError):
-                raise ConfigError(f"fleet.trace: {path}:{line_no}: expected device_id,memory_mb[,speed], "
+                raise ConfigError(f"fleet.trace: {path}:{line_no}: expected {TRACE_COLUMNS}, "
                                   f"got {','.join(row)!r}") from None
-            if device.budget <= 0 or speed <= 0:
-                raise ConfigError(f"fleet.trace: {path}:{line_no}: memory and speed must be positive")
+            if min(device.budget, device.flops, device.up, device.down) <= 0:
+                raise ConfigError(f"fleet.trace: {path}:{line_no}: memory and speeds must be positive")
             devices.append(device)
     if not devices:
         raise ConfigError(f"fleet.trace: {path} lists no device")

@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.fleet import MB, Device
-from harness.memory import MemoryReport, estimate_peak
+from harness.memory import MemoryReport, TaskCost, estimate_task
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.registry import Registry
@@ -43,9 +43,11 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Excluded:
-    """Why a device takes no part this round."""
+    """Why a device takes no part this round, and the smallest task it was offered, if any (the
+    memory a device needs to take part at all)."""
 
     reason: str
+    spec: TaskSpec | None = None
 
 
 @dataclass
@@ -56,17 +58,18 @@ class ClientResult:
 
 
 class Estimator:
-    """Estimated training peaks, computed once per distinct task (fake tensors, no compute)."""
+    """Estimated task costs (training peak, FLOPs, bytes), computed once per distinct task (fake
+    tensors, no compute)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
                  optimizer: OptimizerConfig, steps: int, device: torch.device) -> None:
         self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
         self.optimizer, self.steps, self.device = optimizer, steps, device
-        self._cache: dict[Any, MemoryReport] = {}
+        self._cache: dict[Any, TaskCost] = {}
 
-    def __call__(self, key: Any, build_task: Callable[[], Task]) -> MemoryReport:
+    def __call__(self, key: Any, build_task: Callable[[], Task]) -> TaskCost:
         if key not in self._cache:
-            self._cache[key] = estimate_peak(build_task, self.input_shape, self.num_classes,
+            self._cache[key] = estimate_task(build_task, self.input_shape, self.num_classes,
                                              self.batch_size, self.optimizer, self.steps, self.device)
         return self._cache[key]
 
@@ -120,9 +123,18 @@ class Method(ABC):
     def choose(self, rnd: int, device: Device) -> TaskSpec | Excluded:
         """What ``device`` would train in round ``rnd`` (or why it cannot take part)."""
 
-    def estimate(self, spec: TaskSpec) -> MemoryReport:
+    def cost(self, spec: TaskSpec) -> TaskCost:
+        """What ``spec`` costs a client: its training peak, FLOPs per sample and bytes exchanged."""
         return self.ctx.estimator((type(self).__name__, self.params_key(), spec),
                                   lambda: self.build_task(spec))
+
+    def estimate(self, spec: TaskSpec) -> MemoryReport:
+        return self.cost(spec).memory
+
+    def flops_per_sample(self, spec: TaskSpec) -> float:
+        """FLOPs per sample of a training step of ``spec``, as the device time model counts them;
+        a method whose steps vary (FjORD's sampled width) gives their expected value."""
+        return self.cost(spec).flops_per_sample
 
     def params_key(self) -> Any:
         return repr(self.params)
@@ -138,7 +150,7 @@ class Method(ABC):
         if smallest is None:
             return Excluded("the method offers no task")
         spec, need = smallest
-        return Excluded(over_budget(device, spec, need))
+        return Excluded(over_budget(device, spec, need), spec)
 
     # -- building and training ---------------------------------------------------------------
     @abstractmethod

@@ -1,4 +1,5 @@
-"""``python -m reports SUITE_DIR [-o OUT] [--target 0.9]``: render a suite's report."""
+"""``python -m reports SUITE_DIR [SUITE_DIR ...] [-o OUT] [--target 0.9] [--allow-mixed]``: render a
+suite's report, or one report comparing several suites."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ from reports.render import render
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reports",
-        description="Render figures, summary.md and index.html from a suite folder's records.",
+        description="Render figures, summary.md, summary.csv and index.html from suite folders' records.",
     )
-    parser.add_argument("suite_dir", type=Path, help="the suite folder (suite.json and one folder per run)")
-    parser.add_argument("-o", "--out", type=Path, help="output folder (default: SUITE_DIR/report)")
+    parser.add_argument("suite_dirs", type=Path, nargs="+", metavar="SUITE_DIR",
+                        help="a suite folder (suite.json and one folder per run); several: one report comparing them")
+    parser.add_argument("-o", "--out", type=Path,
+                        help="output folder (default: SUITE_DIR/report; required with several suites)")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="compare suites even when their data set or model differ")
     parser.add_argument("--target", type=float, default=0.9,
                         help="target accuracy as a fraction, for time to target (default: 0.9)")
     args = parser.parse_args(argv)
     if not 0 < args.target <= 1:
         parser.error(f"--target must be a fraction in (0, 1], e.g. 0.9; got {args.target}")
     try:
-        report = render(args.suite_dir, args.out, args.target)
+        report = render(args.suite_dirs, args.out, args.target, args.allow_mixed)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,32 +7,40 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+import matplotlib.transforms as transforms
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from reports.load import CATEGORIES, TENSOR
-from reports.stats import band, pareto_front
+from reports.load import CATEGORIES, ESTIMATE, TENSOR
+from reports.stats import band, interval_kind, pareto_front
 from reports.style import CATEGORY_COLORS, MB, outside_legend, themed
 
 PEAK = TENSOR + "peak"
-CI_NOTE = "line: mean over seeds\nshaded: 95% CI"
+DEVICE_CLOCK = "device_wall_time"
+BAND_NAMES = {"t95": "95% t-interval (3+ seeds)", "range": "min–max (2 seeds)"}
+
+
+def band_note(rounds: pd.DataFrame) -> str | None:
+    """What the shaded area means, for the seed counts the labels have (None: no band at all)."""
+    kinds = sorted({interval_kind(n) for n in rounds.groupby("label")["seed"].nunique()} - {"none"})
+    if not kinds:
+        return None
+    return "line: mean over seeds\nshaded: " + " or ".join(BAND_NAMES[k] for k in kinds)
 
 
 def plot_band(ax: Axes, rounds: pd.DataFrame, y: str, x: str, style: dict, ci: bool = True,
               **line: object) -> None:
-    """Mean over seeds as a line, its 95% interval as a band where two or more seeds have data.
-    Every quantity drawn this way is a fraction, so the band is clipped to [0, 1]: with two seeds
-    the t-interval is wide and would otherwise stretch the axis far past what can happen."""
+    """Mean over seeds as a line and, where two or more seeds have data, their interval as a band
+    (``stats.band``: a t-interval with 3+ seeds, the min-max range with 2, clipped to [0, 1])."""
     b = band(rounds, y, x)
     markevery = max(1, len(b) // 12)
     ax.plot(b["x"], b["mean"], color=style["color"], marker=style["marker"], markersize=4,
             markevery=markevery, **line)
     if ci and (b["n"] > 1).any():
-        ax.fill_between(b["x"], b["lo"].clip(0, 1), b["hi"].clip(0, 1), color=style["color"], alpha=0.12,
-                        linewidth=0)
+        ax.fill_between(b["x"], b["lo"], b["hi"], color=style["color"], alpha=0.12, linewidth=0)
 
 
 def megabytes(value: float) -> str:
@@ -59,17 +67,17 @@ def stacked_bars(ax: Axes, tops: pd.DataFrame) -> None:
 
 
 def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: str) -> Figure | None:
-    data = rounds.dropna(subset=["accuracy"])
+    data = rounds.dropna(subset=["accuracy", x])
     if data.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for label, group in data.groupby("label"):
-        plot_band(ax, group, "accuracy", x, styles[label], label=label)
+        plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"])
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     if x == "round":
         round_axis(ax)
     ax.set(xlabel=xlabel, ylabel="Test accuracy", title=title)
-    outside_legend(ax, title=CI_NOTE if data.groupby("label")["seed"].nunique().max() > 1 else None)
+    outside_legend(ax, title=band_note(data))
     return fig
 
 
@@ -80,23 +88,30 @@ def accuracy_vs_round(rounds: pd.DataFrame, styles: dict) -> Figure | None:
 
 @themed
 def accuracy_vs_time(rounds: pd.DataFrame, styles: dict) -> Figure | None:
-    return _accuracy(rounds, styles, "wall_time", "Cumulative wall time (s; mean over seeds)",
-                     "Accuracy by wall time")
+    """Against simulated time on the devices (docs/device-time.md), not the host's wall time."""
+    return _accuracy(rounds, styles, DEVICE_CLOCK, "Cumulative device time (s, simulated; mean over seeds)",
+                     "Accuracy by device time")
+
+
+def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
+    """Per label, seed and round: the share of devices whose budget covers the task offered to it."""
+    fits = clients[ESTIMATE].le(clients["budget"]) & clients[ESTIMATE].notna()
+    return (clients.assign(fits=fits).groupby(["label", "seed", "round"], as_index=False)["fits"].mean())
 
 
 @themed
-def participation(rounds: pd.DataFrame, styles: dict) -> Figure | None:
+def participation(rounds: pd.DataFrame, clients: pd.DataFrame, styles: dict) -> Figure | None:
     devices = rounds["devices"].where(rounds["devices"] > 0)
-    data = rounds.assign(eligible_share=rounds["eligible"] / devices,
-                         participated_share=rounds["participated"] / devices)
-    if data[["eligible_share", "participated_share"]].isna().all().all():
+    took_part = rounds.assign(share=rounds["participated"] / devices)
+    if took_part["share"].isna().all() or clients.empty:
         return None
+    fits = fits_per_round(clients).rename(columns={"fits": "share"})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, column, title in zip(axes, ("eligible_share", "participated_share"),
-                                 ("Eligible (a task fits the budget)", "Took part (trained, aggregated)"),
-                                 strict=True):
+    for ax, data, title in zip(axes, (fits, took_part),
+                               ("Fits (the task offered fits the budget)", "Took part (trained, aggregated)"),
+                               strict=True):
         for label, group in data.groupby("label"):
-            plot_band(ax, group, column, "round", styles[label], ci=False, label=label)
+            plot_band(ax, group, "share", "round", styles[label], ci=False, label=styles[label]["name"])
         ax.set(xlabel="Round", title=title)
         round_axis(ax)
     axes[0].set(ylabel="Devices of the fleet (mean over seeds)", ylim=(-0.02, 1.05))
@@ -105,32 +120,49 @@ def participation(rounds: pd.DataFrame, styles: dict) -> Figure | None:
     return fig
 
 
-def fleet_panel(bx: Axes, fleet: pd.DataFrame, peaks: dict[str, float], styles: dict) -> None:
-    """Share of the fleet whose budget is at least each memory level, with each method's peak
-    dashed across it: where a line meets the curve reads as the share of devices it fits. Each
-    seed draws its own fleet; they are pooled."""
+def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], styles: dict) -> None:
+    """Share of the fleet whose budget is at least each memory level, with each method's smallest
+    task dashed across it: where a line meets the curve reads as the share of devices that can
+    take part at all (marked). Each seed draws its own fleet; they are pooled."""
     budgets = fleet["budget"].to_numpy() / MB
-    levels = np.linspace(0, bx.get_ylim()[1], 600)
-    share = (budgets[None, :] >= levels[:, None]).mean(axis=1)
-    bx.plot(share, levels, color="0.35", linewidth=1.5, gid="fleet")
-    bx.fill_betweenx(levels, 0, share, color="0.35", alpha=0.15, linewidth=0)
-    for label, peak in peaks.items():
-        bx.axhline(peak, color=styles[label]["color"], linestyle="--", linewidth=1.3)
+    grid = np.linspace(0, bx.get_ylim()[1], 600)
+    share = (budgets[None, :] >= grid[:, None]).mean(axis=1)
+    bx.plot(share, grid, color="0.35", linewidth=1.5, gid="fleet")
+    bx.fill_betweenx(grid, 0, share, color="0.35", alpha=0.15, linewidth=0)
+    for label, level in levels.items():
+        color = styles[label]["color"]
+        bx.axhline(level, color=color, linestyle="--", linewidth=1.3, gid=f"admission {label}")
+        bx.plot([(budgets >= level).mean()], [level], marker=styles[label]["marker"], color=color,
+                markeredgecolor="black", markeredgewidth=0.5, gid=f"fits {label}")
+    near = 0.02 * bx.get_ylim()[1]  # lines this close hide each other: one text names them all
+    groups: list[list[str]] = []
+    for label in sorted(levels, key=levels.get):
+        if groups and levels[label] - levels[groups[-1][0]] <= near:
+            groups[-1].append(label)
+        else:
+            groups.append([label])
+    for shared in groups:
+        bx.annotate(", ".join(styles[label]["name"] for label in shared), (0.02, levels[shared[-1]]),
+                    xytext=(0, 2), textcoords="offset points", fontsize="xx-small", color="0.25", va="bottom",
+                    gid="levels " + ", ".join(shared))
     bx.set_xlim(0, 1.02)
     bx.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    seeds = fleet["seed"].nunique()
+    fleets = fleet.groupby(["suite", "seed"]).ngroups
     bx.set(xlabel="Devices with at least this budget",
-           title="Fleet budgets" + (f" ({seeds} seeds pooled)" if seeds > 1 else ""))
+           title="Fleet budgets" + (f" ({fleets} fleets pooled)" if fleets > 1 else ""))
 
 
 @themed
 def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -> Figure | None:
-    """Stacked categories of the client with the highest peak, every client's peak as a dot, and
-    beside it the fleet's budgets on the same MB axis."""
+    """Per method: the stacked categories of the client with the highest measured peak, every
+    client's peak as a dot, and the range of its tasks' peaks (smallest: what a device needs to
+    take part at all); beside it the fleet's budgets on the same MB axis, with each method's
+    smallest task against them."""
     trained = clients.dropna(subset=[PEAK])
     if trained.empty:
         return None
     labels = sorted(clients["label"].unique())
+    tasks = clients.dropna(subset=[ESTIMATE]).groupby("label")[ESTIMATE].agg(["min", "max"]).reindex(labels) / MB
     panels = 2 if len(fleet) else 1
     width = max(6.0, 0.9 * len(labels) + 3.5) + 2.5 * (panels - 1)
     fig, axes = plt.subplots(1, panels, figsize=(width, 4.8), sharey=True, squeeze=False,
@@ -138,6 +170,9 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
     ax = axes[0, 0]
     tops = trained.loc[trained.groupby("label")[PEAK].idxmax()].set_index("label").reindex(labels)
     stacked_bars(ax, tops)
+    for container in ax.containers:  # a method that ran over budget: hatched
+        for bar, label in zip(container, labels, strict=True):
+            bar.set_hatch("//" if styles[label].get("over_budget") else "")
     rng = np.random.default_rng(0)  # jitter only; fixed so figures are reproducible
     per_client = trained.groupby(["label", "seed", "device"])[PEAK].max() / MB
     for i, label in enumerate(sorted(trained["label"].unique())):
@@ -145,57 +180,114 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
         ax.scatter(labels.index(label) + rng.uniform(-0.2, 0.2, len(peaks)), peaks, s=14, zorder=3,
                    color=styles[label]["color"], edgecolor="black", linewidth=0.5, gid=label,
                    label="each client's peak" if i == 0 else None)
+    for i, label in enumerate(labels):  # the range of task peaks, beside the bar
+        low, high = tasks.loc[label]
+        if np.isfinite(low):
+            ax.vlines(i + 0.4, low, high, color="0.2", linewidth=1.2, gid=f"tasks {label}")
+            ax.plot([i + 0.4], [low], marker=">", color="0.2", markersize=6, linestyle="none", gid=f"smallest {label}",
+                    label="its tasks' peaks (▸ smallest: to take part)" if i == 0 else None)
+            ax.plot([i + 0.4], [high], marker="_", color="0.2", markersize=8, linestyle="none")
     tilt = len(labels) > 4
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_xticks(range(len(labels)), [styles[label]["name"] for label in labels],
+                  rotation=30 if tilt else 0, ha="right" if tilt else "center")
     for tick, label in zip(ax.get_xticklabels(), labels, strict=True):
         tick.set_color(styles[label]["color"])
-    ax.set(ylabel="Peak training memory (MB, measured tensors)", title="Peak memory by method")
-    ax.set_ylim(0, max(tops[PEAK].max(), fleet["budget"].max() if len(fleet) else 0) / MB * 1.12)
+    ax.set(ylabel="Peak training memory (MB)", title="Peak memory by method")
+    top = max(tops[PEAK].max() / MB, np.nanmax(tasks["max"].to_numpy(dtype=float)),
+              fleet["budget"].max() / MB if len(fleet) else 0)
+    ax.set_ylim(0, top * 1.12)
     handles, names = ax.get_legend_handles_labels()
     if panels == 2:
-        fleet_panel(axes[0, 1], fleet, (tops[PEAK] / MB).dropna().to_dict(), styles)
+        fleet_panel(axes[0, 1], fleet, tasks["min"].dropna().to_dict(), styles)
         handles.append(plt.Line2D([], [], color="0.3", linestyle="--"))
-        names.append("method's peak")
+        names.append("smallest task (fits: marked)")
     outside_legend(axes[0, -1], handles=handles[::-1], labels=names[::-1])
     return fig
 
 
+def dodge_groups(x: np.ndarray, tolerance: float) -> list[list[int]]:
+    """Indices of points grouped by x (within ``tolerance``), each group sorted by index."""
+    groups: list[list[int]] = []
+    for i in np.argsort(x, kind="stable"):
+        if groups and abs(x[i] - x[groups[-1][0]]) <= tolerance:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return groups
+
+
+def spread(values: list[float], gap: float) -> list[float]:
+    """``values`` (ascending) moved apart to at least ``gap``, centred where they were."""
+    out = list(values)
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1] + gap)
+    shift = (sum(values) - sum(out)) / len(out)
+    return [v + shift for v in out]
+
+
 @themed
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
-    """Final accuracy against peak memory; the Pareto front joins the methods no other beats."""
+    """Final accuracy against peak memory; the Pareto front joins the methods no other beats.
+    Points on one memory value are drawn side by side and every point is named, the names of a
+    group spread apart with a leader line, so none hides another."""
     points = summary.dropna(subset=["peak_mb", "final"])
     if points.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, row in points.iterrows():
-        ci = 0 if math.isnan(row["final_ci"]) else row["final_ci"]
-        yerr = [[min(ci, row["final"])], [min(ci, 1 - row["final"])]]  # clipped to [0, 1]
-        ax.errorbar(row["peak_mb"], row["final"], yerr=yerr, fmt=styles[label]["marker"],
-                    color=styles[label]["color"], markersize=8, capsize=3, label=label)
-    front = points[pareto_front(points["peak_mb"], points["final"])].sort_values("peak_mb")
+    x, y = points["peak_mb"].to_numpy(float), points["final"].to_numpy(float)
+    span = max(x.max() - x.min(), x.max() * 0.05, 1e-9)
+    labels = list(points.index)
+    on_front = pareto_front(x, y)
+    low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
+    pad = 0.05 * max(high.max() - low.min(), 0.05)
+    ax.set_xlim(x.min() - 0.08 * span, x.max() + 0.35 * span)
+    ax.set_ylim(max(low.min() - pad, 0.0), min(high.max() + pad, 1.02))
+    for group in dodge_groups(x, 0.015 * span):
+        group.sort(key=lambda i: y[i])
+        names_y = spread([y[i] for i in group], 0.05 * (ax.get_ylim()[1] - ax.get_ylim()[0]))
+        for k, (i, name_y) in enumerate(zip(group, names_y, strict=True)):
+            label, row, style = labels[i], points.iloc[i], styles[labels[i]]
+            shift = transforms.offset_copy(ax.transData, fig, x=9 * (k - (len(group) - 1) / 2), units="points")
+            yerr = None
+            if not math.isnan(row["final_lo"]):
+                yerr = [[row["final"] - row["final_lo"]], [row["final_hi"] - row["final"]]]
+            ax.errorbar(x[i], y[i], yerr=yerr, fmt=style["marker"], color=style["color"], markersize=8, capsize=3,
+                        label=style["name"], transform=shift,
+                        markerfacecolor="none" if style.get("over_budget") else style["color"])
+            if on_front[i]:
+                ax.scatter([x[i]], [y[i]], s=220, facecolor="none", edgecolor="0.3", linewidth=1.0, transform=shift,
+                           gid=f"front {label}")
+            ax.annotate(style["name"], (x[i], y[i]), xytext=(x[group[0]] + 0.1 * span, name_y),
+                        textcoords="data", va="center", fontsize="x-small", color=style["color"], gid=f"name {label}",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
+    front = points[on_front].sort_values("peak_mb")
     ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
             label="Pareto front")
-    ax.scatter(front["peak_mb"], front["final"], s=220, facecolor="none", edgecolor="0.3", linewidth=1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set(xlabel="Peak training memory (MB)", ylabel="Final test accuracy",
+    ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Final test accuracy",
            title="Memory against accuracy (up and left is better)")
-    outside_legend(ax)
+    hollow = any(s.get("over_budget") for s in styles.values())
+    outside_legend(ax, title="hollow: ran over budget\nside by side: same memory" if hollow else None)
     return fig
 
 
 @themed
 def time_to_target(summary: pd.DataFrame, styles: dict, target: float,
                    reference: str | None) -> Figure | None:
-    """Mean wall time to reach the target, labelled with the speed-up against the FedAvg reference."""
+    """Mean device time to reach the target, labelled with the speed-up against the FedAvg reference."""
     rows = summary[summary["seeds"] > 0]
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
     y = np.arange(len(rows))
-    ttt, ci = rows["ttt"].fillna(0), rows["ttt_ci"].fillna(0)
-    ax.barh(y, ttt, xerr=[np.minimum(ci, ttt), ci], height=0.6, capsize=3,
-            color=[styles[label]["color"] for label in rows.index])
-    ends = ttt + ci
+    ttt = rows["ttt"].fillna(0)
+    low = (rows["ttt"] - rows["ttt_lo"]).fillna(0).clip(lower=0)
+    high = (rows["ttt_hi"] - rows["ttt"]).fillna(0).clip(lower=0)
+    bars = ax.barh(y, ttt, xerr=[low, high], height=0.6, capsize=3,
+                   color=[styles[label]["color"] for label in rows.index])
+    for bar, label in zip(bars, rows.index, strict=True):
+        bar.set_hatch("//" if styles[label].get("over_budget") else "")
+    ends = ttt + high
     for i, (label, row) in enumerate(rows.iterrows()):
         if math.isnan(row["ttt"]):
             text = "not reached"
@@ -204,10 +296,10 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float,
             text += " (reference)" if label == reference else ""
         ax.annotate(text, (ends.iloc[i], i), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize="small")
-    ax.set_yticks(y, rows.index)
+    ax.set_yticks(y, [styles[label]["name"] for label in rows.index])
     ax.invert_yaxis()
     ax.set_xlim(0, (ends.max() or 1.0) * 1.3)
-    against = f"speed-up against {reference}" if reference else "no FedAvg run: speed-up n/a"
-    ax.set(xlabel="Cumulative wall time (s; mean over seeds that reached it)",
-           title=f"Time to {target:.0%} accuracy ({against})")
+    against = f"speed-up against {styles[reference]['name']}" if reference else "no FedAvg run: speed-up n/a"
+    ax.set(xlabel="Cumulative device time (s, simulated; mean over seeds that reached it)",
+           title=f"Device time to {target:.0%} accuracy ({against})")
     return fig

@@ -16,11 +16,15 @@ import pandas as pd
 
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
 TENSOR = "memory.tensor."  # prefix of the measured tensor peak and its categories in clients
+ESTIMATE = "estimate.peak"  # the task's estimated peak (the memory a device needs for it)
 ROUND_COLUMNS = (
-    "round", "accuracy", "loss", "devices", "eligible", "selected", "participated", "excluded",
-    "peak_tensor", "train_time", "round_time", "wall_time", "bytes_up", "bytes_down",
+    "round", "accuracy", "loss", "devices", "eligible", "selected", "participated", "excluded", "stragglers",
+    "peak_tensor", "train_time", "round_time", "wall_time", "device_time", "device_wall_time", "bytes_up",
+    "bytes_down",
 )
-CLIENT_COLUMNS = ("round", "budget", TENSOR + "peak", *(TENSOR + c for c in CATEGORIES))
+CLIENT_COLUMNS = ("round", "budget", ESTIMATE, "device_time", "flops", TENSOR + "peak",
+                  *(TENSOR + c for c in CATEGORIES))
+FLEET_COLUMNS = ("suite", "seed", "id", "budget", "flops", "up", "down")
 RUN_KEYS = ("label", "method", "seed")
 
 
@@ -39,12 +43,18 @@ class Suite:
     manifests: dict[tuple[str, int], dict[str, Any]]
     rounds: pd.DataFrame  # run keys + rounds.jsonl keys, nested ones dotted ("evals.full.accuracy")
     clients: pd.DataFrame  # run keys + clients.jsonl keys, nested ones dotted ("memory.tensor.peak")
-    fleet: pd.DataFrame  # seed, id, budget, speed: one row per device of each seed's fleet
+    fleet: pd.DataFrame  # suite, seed, id, budget, flops, up, down: one row per device of each fleet
     notes: list[str]
+    compared: pd.DataFrame | None = None  # several suites: the config keys in which they differ
 
     @property
     def labels(self) -> list[str]:
         return sorted(self.runs["label"].unique())
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """Each label's method."""
+        return dict(zip(self.runs["label"], self.runs["method"], strict=True))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -146,15 +156,23 @@ def load_suite(path: str | Path) -> Suite:
             notes.append(f"{name}: {recorded} of {expected} rounds recorded (still running or stopped)")
     if not runs:
         raise ReportError(f"{path} holds no run records (no suite.json runs, no run folders)")
-    fleet = pd.DataFrame(fleets, columns=["seed", "id", "budget", "speed"]).drop_duplicates(["seed", "id"])
+    name = info.get("suite") or path.name
+    fleet = pd.DataFrame([{"suite": name, **d} for d in fleets], columns=list(FLEET_COLUMNS))
     return Suite(
         path=path,
-        name=info.get("suite") or path.name,
+        name=name,
         info=info,
         runs=pd.DataFrame(runs).sort_values(["label", "seed"], ignore_index=True),
         manifests=manifests,
         rounds=_frame(rounds, ROUND_COLUMNS, ["label", "seed", "round"]),
         clients=_frame(clients, CLIENT_COLUMNS, ["label", "seed", "round", "device"]),
-        fleet=fleet.reset_index(drop=True),
+        fleet=fleet.drop_duplicates(["seed", "id"]).reset_index(drop=True),
         notes=notes,
     )
+
+
+def records(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A suite folder's rounds and clients as two DataFrames, one row per record line, nested keys
+    dotted (``evals.full.accuracy``, ``memory.tensor.peak``), plus ``label``, ``method``, ``seed``."""
+    suite = load_suite(path)
+    return suite.rounds, suite.clients

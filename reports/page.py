@@ -10,40 +10,50 @@ import pandas as pd
 # file stem -> (title, one sentence on what it shows); the order is the report's order
 FIGURES = {
     "accuracy_vs_round": ("Accuracy by round",
-                          "Test accuracy of each method's deployable model per round: mean over seeds, "
-                          "band the 95% t-interval."),
-    "accuracy_vs_time": ("Accuracy by wall time",
-                         "The same accuracy against cumulative wall time (mean over seeds at each round)."),
+                          "Test accuracy of each method's deployable model per round: mean over seeds, band "
+                          "the 95% t-interval with 3 seeds or more, the min-max range with 2 (clipped to "
+                          "0-100%)."),
+    "accuracy_vs_time": ("Accuracy by device time",
+                         "The same accuracy against cumulative simulated time on the devices: each round "
+                         "lasts as long as its slowest participant's compute (FLOPs over the device's "
+                         "FLOP/s) and communication (bytes over its link); see docs/device-time.md."),
     "memory_by_method": ("Peak memory by method",
                          "Highest measured tensor peak per method, stacked by category (from the client "
-                         "with that peak), dots for each client's own peak, beside the share of the fleet "
-                         "(seeds pooled) whose budget is at least each level."),
+                         "with that peak), dots for each client's own peak, and the range of the method's "
+                         "task peaks (▸ the smallest: what a device needs to take part at all); beside it "
+                         "the share of the fleet (fleets pooled) whose budget is at least each level, with "
+                         "each method's smallest task and the share of devices it fits."),
     "participation": ("Participation",
-                      "Share of the fleet whose budget fits a task (eligible) and that trained and was "
-                      "aggregated (took part), per round, mean over seeds (each seed has its own "
-                      "fleet, so no interval is drawn)."),
+                      "Share of the fleet whose budget covers the task offered to it (fits) and that "
+                      "trained and was aggregated (took part), per round, mean over seeds (each seed has "
+                      "its own fleet, so no interval is drawn)."),
     "memory_vs_accuracy": ("Memory against accuracy",
-                           "Final accuracy against peak memory per method; the dotted Pareto front joins "
-                           "the methods no other beats on both."),
+                           "Final accuracy against peak memory per method, every point labelled; the dotted "
+                           "Pareto front joins the methods no other beats on both. Hollow: a method that "
+                           "ran over its clients' budgets."),
     "neulite_stage_memory": ("NeuLite: memory per stage",
                              "Highest measured tensor peak per NeuLite stage, stacked by category."),
     "neulite_stage_accuracy": ("NeuLite: accuracy per stage",
                                "Accuracy of each model NeuLite evaluates (current stage, full model) by "
-                               "round, stages shaded."),
-    "time_to_target": ("Time to target accuracy",
-                       "Wall time until the accuracy first reaches the target, with the speed-up against "
-                       "FedAvg."),
+                               "round; the strip along the top shows the stage each round trained."),
+    "time_to_target": ("Device time to target accuracy",
+                       "Simulated device time until the accuracy first reaches the target, with the "
+                       "speed-up against FedAvg (hatched: ran over budget)."),
 }
 SUMMARY_TEXT = (
-    "Accuracy is the deployable model's test accuracy, mean ± 95% CI over seeds (Student's t; no CI "
-    "with one seed); final is each seed's last recorded round. Peak memory is the maximum over all "
-    "clients of the measured tensor peak (MB = 2^20 bytes). Participation is the mean over rounds "
-    "and seeds of participated/devices. Time to target is the cumulative wall time at the first "
-    "round reaching it; speed-up is FedAvg's time divided by the method's. Bytes are totals over "
-    "rounds, mean over seeds."
+    "Accuracy is the deployable model's test accuracy, mean over seeds with its interval in brackets: "
+    "a 95% Student's t-interval with 3 seeds or more, the min-max range with 2, none with 1 (the "
+    "Seeds column says which), clipped to 0-100%; final is each seed's last recorded round. A "
+    "task's peak is its estimated training memory (equal to the measured one); the smallest task is "
+    "what a device needs to take part at all. Fleet that fits is the share of devices whose budget "
+    "covers the task offered to them, over budget the share of trained clients whose measured peak "
+    "exceeded their budget: a label marked (over budget) reports accuracy and time no device of "
+    "this fleet could reach. Peak measured is the largest measured tensor peak (MB = 2^20 bytes). "
+    "Participation is the mean over rounds and seeds of participated/devices. Device time is "
+    "simulated time on the devices (docs/device-time.md); speed-up is FedAvg's device time to "
+    "target divided by the method's. Host time is the simulator's own wall time. Bytes are totals "
+    "over rounds, mean over seeds."
 )
-
-
 @dataclass
 class Section:
     heading: str

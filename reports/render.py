@@ -6,12 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reports import figures, stages
+from reports.compare import load_suites
 from reports.html import index_html
-from reports.load import load_suite
+from reports.load import ReportError
 from reports.markdown import summary_markdown
 from reports.page import FIGURES, SUMMARY_TEXT, Page, Section
 from reports.style import FORMATS, method_styles, save
-from reports.tables import config_table, display, methods_table, provenance_table, reference_label, summarize
+from reports.tables import (
+    config_table,
+    display,
+    methods_table,
+    over_budget_names,
+    provenance_table,
+    reference_label,
+    summarize,
+)
 
 STAGE_FIGURES = ("neulite_stage_memory", "neulite_stage_accuracy")
 
@@ -23,21 +32,29 @@ class Report:
     notes: list[str]
 
 
-def render(suite_dir: str | Path, out: str | Path | None = None, target: float = 0.9) -> Report:
-    """Read the records, write the figures (PNG and SVG), summary.md and index.html into ``out``
-    (default SUITE_DIR/report) and return what was written and what is missing."""
-    suite = load_suite(suite_dir)
+def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = None, target: float = 0.9,
+           allow_mixed: bool = False) -> Report:
+    """Read the records of one suite folder or several (compared in one report), write the figures
+    (PNG and SVG), summary.md, summary.csv and index.html into ``out`` (default: the suite's
+    ``report`` folder; required for several suites) and return what was written and what is missing."""
+    dirs = suite_dirs if isinstance(suite_dirs, list) else [suite_dirs]
+    if len(dirs) > 1 and out is None:
+        raise ReportError("several suites: give the output folder (-o OUT)")
+    suite = load_suites(dirs, allow_mixed)
     out = Path(out) if out else suite.path / "report"
     out.mkdir(parents=True, exist_ok=True)
-    styles = method_styles(suite.labels)
     summary, notes = summarize(suite, target)
     notes = suite.notes + notes
+    styles = method_styles(suite.methods)
+    names = over_budget_names(summary)
+    for label, style in styles.items():
+        style.update(name=names[label], over_budget=names[label] != label)
     reference = reference_label(suite)
     built = {
         "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles),
         "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles),
         "memory_by_method": lambda: figures.memory_by_method(suite.clients, suite.fleet, styles),
-        "participation": lambda: figures.participation(suite.rounds, styles),
+        "participation": lambda: figures.participation(suite.rounds, suite.clients, styles),
         "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles),
         "neulite_stage_memory": lambda: stages.neulite_stage_memory(suite.clients, styles),
         "neulite_stage_accuracy": lambda: stages.neulite_stage_accuracy(suite.rounds, styles),
@@ -57,16 +74,19 @@ def render(suite_dir: str | Path, out: str | Path | None = None, target: float =
         shown.append(stem)
     if suite.fleet.empty:
         notes.append("no fleet in any manifest: budgets not drawn")
+    configuration = (Section("Suites compared", "The configuration keys in which the suites differ.",
+                             suite.compared) if suite.compared is not None else
+                     Section("Configuration", "The suite config as dotted keys (`--set` syntax).", config_table(suite)))
     page = Page(
         title=f"Report: suite {suite.name}",
         summary=Section("Summary", SUMMARY_TEXT, display(summary, target, reference)),
         notes=notes,
         figures=shown,
-        details=[Section("Methods", "", methods_table(suite)),
-                 Section("Configuration", "The suite config as dotted keys (`--set` syntax).",
-                         config_table(suite)),
+        details=[Section("Methods", "", methods_table(suite)), configuration,
                  Section("Provenance", "", provenance_table(suite))],
     )
+    summary.to_csv(out / "summary.csv")
+    files.append(out / "summary.csv")
     for name, text in (("summary.md", summary_markdown(page)), ("index.html", index_html(page))):
         (out / name).write_text(text)
         files.append(out / name)

@@ -4,18 +4,16 @@ ablations sit side by side."""
 
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from reports.figures import CI_NOTE, PEAK, plot_band, round_axis, stacked_bars
+from reports.figures import PEAK, band_note, plot_band, round_axis, stacked_bars
 from reports.style import MB, outside_legend, themed
 
 LINESTYLES = ("-", "--", ":", "-.")
-MAX_STAGE_TICKS = 12
 
 
 def _staged(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -36,7 +34,7 @@ def per_label_panels(staged: pd.DataFrame, panel_width: float, height: float,
     fig, axes = plt.subplots(1, len(labels), figsize=(panel_width * len(labels) + 2.2, height), sharey=True,
                              squeeze=False, layout="constrained")
     for ax, label in zip(axes[0], labels, strict=True):
-        ax.set_title(label, color=styles[label]["color"])
+        ax.set_title(styles[label]["name"], color=styles[label]["color"])
     return fig, [(ax, staged[staged["label"] == label]) for ax, label in zip(axes[0], labels, strict=True)]
 
 
@@ -73,35 +71,41 @@ def _stage_spans(rounds: pd.DataFrame) -> list[tuple[float, float, float]]:
     return spans
 
 
+def stage_strip(ax: plt.Axes, spans: list[tuple[float, float, float]]) -> list[plt.Artist]:
+    """Every span of rounds as a band in its stage's colour along the top of ``ax``: exact however
+    many spans there are (no label is thinned out); returns one legend handle per stage."""
+    stage_ids = sorted({stage for _, _, stage in spans})
+    colors = dict(zip(stage_ids, sns.color_palette("crest", len(stage_ids)), strict=True))
+    for first, last, stage in spans:
+        ax.axvspan(first - 0.5, last + 0.5, ymin=0.955, ymax=1.0, color=colors[stage], linewidth=0,
+                   gid=f"stage {stage_name(stage)}")
+    return [plt.Rectangle((0, 0), 1, 1, color=colors[s], label=f"stage {stage_name(s)}") for s in stage_ids]
+
+
 @themed
 def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
-    """Accuracy of every evaluated model (e.g. "stage" and "full") by round, stages shaded."""
+    """Accuracy of every evaluated model (e.g. "stage" and "full") by round, with a strip of the
+    stage each round trained along the top."""
     staged = _staged(rounds)
     models = [c for c in staged.columns if c.startswith("evals.") and c.endswith(".accuracy")
               and staged[c].notna().any()]
     if staged.empty or not models:
         return None
     fig, panels = per_label_panels(staged, 5.0, 4.2, styles)
+    strip = []
     for ax, rows in panels:
         label = rows["label"].iloc[0]
-        spans = _stage_spans(rows)
-        for first, last, _ in spans[1::2]:
-            ax.axvspan(first - 0.5, last + 0.5, color="0.92", zorder=0)
-        every = math.ceil(len(spans) / MAX_STAGE_TICKS)  # thinned so the numbers never overlap
-        top = ax.secondary_xaxis("top")
-        top.set_xticks([(first + last) / 2 for first, last, _ in spans[::every]],
-                       [stage_name(stage) for _, _, stage in spans[::every]])
-        top.tick_params(length=0, labelsize="small", labelcolor="0.35")
-        top.set_xlabel("Stage (shaded alternately)", fontsize="small", color="0.35")
         for i, model in enumerate(models):
             plot_band(ax, rows, model, "round", styles[label], linestyle=LINESTYLES[i % len(LINESTYLES)],
                       label=model.removeprefix("evals.").removesuffix(".accuracy") + " model")
+        strip = stage_strip(ax, _stage_spans(rows))
         ax.set_xlabel("Round")
         round_axis(ax)
     first, last = panels[0][0], panels[-1][0]
     first.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     first.set_ylabel("Test accuracy")
-    multi_seed = staged.groupby("label")["seed"].nunique().max() > 1
-    outside_legend(last, title=CI_NOTE if multi_seed else None)
-    fig.suptitle("NeuLite: accuracy by round, per evaluated model", fontweight="bold")
+    handles, names = last.get_legend_handles_labels()
+    outside_legend(last, handles=handles + strip, labels=names + [h.get_label() for h in strip],
+                   title=band_note(staged))
+    fig.suptitle("NeuLite: accuracy by round, per evaluated model (strip: the stage trained)", fontweight="bold")
     return fig

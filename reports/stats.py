@@ -1,5 +1,9 @@
-"""The few statistics the reports need: t-based confidence intervals over seeds, Pareto fronts and
-time to a target accuracy. Kept apart from plotting so tests can check the numbers directly."""
+"""The few statistics the reports need: intervals over seeds, Pareto fronts and time to a target
+accuracy. Kept apart from plotting so tests can check the numbers directly.
+
+An interval over seeds is a 95% Student's t-interval only with 3 seeds or more; with 2 the t
+quantile (12.7 for one degree of freedom) makes it mostly width, so the min-max range of the two is
+shown instead, and with 1 there is none. Intervals of fractions are clipped to [0, 1]."""
 
 from __future__ import annotations
 
@@ -28,14 +32,40 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
     return float(v.mean()), float(half), len(v)
 
 
-def band(rounds: pd.DataFrame, y: str, x: str = "round") -> pd.DataFrame:
-    """Per round, the mean of ``y`` over seeds with its interval; ``x`` is averaged over the same
-    seeds (cumulative wall time differs between seeds). Rounds where no seed has ``y`` are dropped."""
+MIN_SEEDS_FOR_T = 3
+INTERVAL_NAMES = {"t95": "95% t-interval", "range": "min–max range", "none": "no interval"}
+
+
+def interval_kind(n: int) -> str:
+    """Which interval ``n`` seeds support: "t95", "range" or "none"."""
+    return "t95" if n >= MIN_SEEDS_FOR_T else "range" if n == 2 else "none"
+
+
+def interval(values: Iterable[float], lower: float = -math.inf, upper: float = math.inf,
+             ) -> tuple[float, float, float, int]:
+    """Mean, interval bounds (clipped to [lower, upper]; nan without an interval) and count of
+    the finite values, the interval chosen by ``interval_kind``."""
+    mean, half, n = mean_ci(values)
+    kind = interval_kind(n)
+    if kind == "t95":
+        lo, hi = mean - half, mean + half
+    elif kind == "range":
+        v = [x for x in values if x is not None and math.isfinite(x)]
+        lo, hi = min(v), max(v)
+    else:
+        return mean, math.nan, math.nan, n
+    return mean, max(lo, lower), min(hi, upper), n
+
+
+def band(rounds: pd.DataFrame, y: str, x: str = "round", fraction: bool = True) -> pd.DataFrame:
+    """Per round, the mean of ``y`` over seeds with its interval (``interval``; clipped to [0, 1]
+    for fractions); ``x`` is averaged over the same seeds (cumulative time differs between seeds).
+    Rounds where no seed has ``y`` are dropped."""
+    bounds = (0.0, 1.0) if fraction else (-math.inf, math.inf)
     rows = []
     for r, group in rounds.dropna(subset=[y]).groupby("round", sort=True):
-        mean, half, n = mean_ci(group[y])
-        rows.append({"round": r, "x": group[x].mean(), "mean": mean,
-                     "lo": mean - half, "hi": mean + half, "n": n})
+        mean, lo, hi, n = interval(list(group[y]), *bounds)
+        rows.append({"round": r, "x": group[x].mean(), "mean": mean, "lo": lo, "hi": hi, "n": n})
     return pd.DataFrame(rows, columns=["round", "x", "mean", "lo", "hi", "n"])
 
 
@@ -48,7 +78,8 @@ def pareto_front(cost: Iterable[float], value: Iterable[float]) -> np.ndarray:
     return ok & ~dominated
 
 
-def time_to_target(run: pd.DataFrame, target: float) -> float:
-    """Cumulative wall time (s) at the first round whose accuracy reaches ``target``; nan if none."""
+def time_to_target(run: pd.DataFrame, target: float, clock: str = "device_wall_time") -> float:
+    """Cumulative time (s; device time by default) at the first round whose accuracy reaches
+    ``target``; nan if none."""
     reached = run[run["accuracy"] >= target].sort_values("round")
-    return float(reached["wall_time"].iloc[0]) if len(reached) else math.nan
+    return float(reached[clock].iloc[0]) if len(reached) else math.nan

@@ -1,10 +1,11 @@
-"""One look for every figure: a fixed colour and marker per method label, the theme, the units, and
-how figures are written, so a method is recognisable at a glance across the whole report."""
+"""One look for every figure: a fixed colour per method (and marker per label), the theme, the units,
+and how figures are written, so a method is recognisable at a glance across every report."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,37 @@ THEME = {
 FORMATS = ("png", "svg")
 
 
-def method_styles(labels: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Colour and marker per label, assigned in sorted label order so every figure agrees. tab10's
-    colours all read on white (as tick labels too); the marker tells methods apart without colour."""
-    ordered = sorted(set(labels))
-    colors = sns.color_palette("tab10" if len(ordered) <= 10 else "husl", len(ordered))
-    return {label: {"color": colors[i], "marker": MARKERS[i % len(MARKERS)]}
-            for i, label in enumerate(ordered)}
+TAB10 = sns.color_palette("tab10", 10)
+# One colour per method, the same in every report; a method not listed takes a colour from its name.
+METHOD_COLORS = {
+    "fedavg": TAB10[0], "exclusive": TAB10[1], "allsmall": TAB10[2], "neulite": TAB10[3],
+    "heterofl": TAB10[4], "fedrolex": TAB10[5], "fjord": TAB10[6], "depthfl": TAB10[8], "fedprox": TAB10[9],
+}
+OTHER_COLORS = sns.color_palette("husl", 24)
+SHADES = (0.0, -0.35, 0.35, -0.6, 0.6)  # variants of a method's colour for its second, third... label
+
+
+def method_color(method: str) -> tuple[float, float, float]:
+    return METHOD_COLORS.get(method) or OTHER_COLORS[zlib.crc32(method.encode()) % len(OTHER_COLORS)]
+
+
+def shade(color: tuple[float, float, float], amount: float) -> tuple[float, float, float]:
+    """Towards black (negative) or white (positive) by ``amount`` of the way."""
+    target = 0.0 if amount < 0 else 1.0
+    return tuple(c + (target - c) * abs(amount) for c in color)
+
+
+def method_styles(methods: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Colour and marker per label (``methods``: label -> method): the method's own colour, shaded
+    and with another marker for each further label of the same method (ablations), so a method
+    is recognisable at a glance in every report and stays so when others are added."""
+    styles: dict[str, dict[str, Any]] = {}
+    taken: dict[str, int] = {}
+    for label in sorted(methods):
+        k = taken[methods[label]] = taken.get(methods[label], -1) + 1
+        styles[label] = {"color": shade(method_color(methods[label]), SHADES[k % len(SHADES)]),
+                         "marker": MARKERS[k % len(MARKERS)]}
+    return styles
 
 
 def themed(build: Callable[..., Figure | None]) -> Callable[..., Figure | None]:

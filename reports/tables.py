@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports.load import TENSOR, Suite
-from reports.stats import mean_ci, time_to_target
+from reports.load import ESTIMATE, TENSOR, Suite
+from reports.stats import INTERVAL_NAMES, interval, interval_kind, mean_ci, time_to_target
 from reports.style import MB
 
 DASH = "–"
@@ -31,33 +31,61 @@ def _span(values: list[int]) -> str:
     return str(values[0]) if values[0] == values[-1] else f"{values[0]}{DASH}{values[-1]}"
 
 
+def _fits(clients: pd.DataFrame) -> float:
+    """Share of the fleet whose budget covers the task offered to it (its estimated peak), mean
+    over rounds and seeds: who can take part, whether or not the method respected budgets."""
+    if clients.empty:
+        return math.nan
+    fits = clients[ESTIMATE].le(clients["budget"]) & clients[ESTIMATE].notna()
+    return float(fits.groupby([clients["seed"], clients["round"]]).mean().mean())
+
+
+def _over_budget(trained: pd.DataFrame) -> float:
+    """Share of trained clients whose measured peak exceeded their budget."""
+    if trained.empty or "over_budget" not in trained:
+        return math.nan if trained.empty else 0.0
+    return float(trained["over_budget"].fillna(False).astype(bool).mean())
+
+
 def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dict[str, Any]:
     rounds = suite.rounds[suite.rounds["label"] == label]
+    clients = suite.clients[suite.clients["label"] == label]
+    trained = clients[clients["status"] == "trained"] if "status" in clients else clients.iloc[0:0]
     seeds = [g for _, g in rounds.groupby("seed")]
     accurate = [g.dropna(subset=["accuracy"]).sort_values("round") for g in seeds]
-    final, final_ci, _ = mean_ci([g["accuracy"].iloc[-1] for g in accurate if len(g)])
-    best, best_ci, _ = mean_ci([g["accuracy"].max() for g in accurate if len(g)])
-    ttt, ttt_ci, reached = mean_ci([time_to_target(g, target) for g in seeds])
-    peak = suite.clients.loc[suite.clients["label"] == label, TENSOR + "peak"].max()
+    final = interval([g["accuracy"].iloc[-1] for g in accurate if len(g)], 0.0, 1.0)
+    best = interval([g["accuracy"].max() for g in accurate if len(g)], 0.0, 1.0)
+    ttt = interval([time_to_target(g, target) for g in seeds], 0.0)
+    peak = trained[TENSOR + "peak"].max()
     share = (rounds["participated"] / rounds["devices"].where(rounds["devices"] > 0)).mean()
     recorded = sorted({len(g) for g in seeds})
     if seeds and not any(len(g) for g in accurate):
         notes.append(f"{label}: no accuracy recorded yet")
     if seeds and math.isnan(peak):
         notes.append(f"{label}: no client trained, so no measured memory")
-    if 0 < reached < len(seeds):
-        notes.append(f"{label}: reached {target:.0%} in {reached} of {len(seeds)} seeds; time is their mean")
+    if 0 < ttt[3] < len(seeds):
+        notes.append(f"{label}: reached {target:.0%} in {ttt[3]} of {len(seeds)} seeds; time is their mean")
     if len(set(recorded)) > 1:
         notes.append(f"{label}: seeds recorded {recorded[0]} to {recorded[-1]} rounds; "
                      "final accuracy mixes them")
+    if seeds and rounds["device_wall_time"].isna().all():
+        notes.append(f"{label}: no device time in its records (made before the device time model); "
+                     "time to target n/a")
+    over = _over_budget(trained)
+    if over > 0:
+        notes.append(f"{label}: {over:.0%} of its trained clients exceeded their memory budget; its accuracy "
+                     "and time are not reachable on this fleet")
     return {
         "label": label,
         "method": suite.runs.loc[suite.runs["label"] == label, "method"].iloc[0],
         "seeds": len(seeds),
         "rounds": _span(recorded),
-        "final": final, "final_ci": final_ci, "best": best, "best_ci": best_ci,
-        "peak_mb": peak / MB, "participation": share,
-        "ttt": ttt, "ttt_ci": ttt_ci, "reached": reached,
+        "final": final[0], "final_lo": final[1], "final_hi": final[2],
+        "best": best[0], "best_lo": best[1], "best_hi": best[2],
+        "peak_mb": peak / MB, "task_min_mb": clients[ESTIMATE].min() / MB, "task_max_mb": clients[ESTIMATE].max() / MB,
+        "over_budget": over, "fits": _fits(clients), "participation": share,
+        "ttt": ttt[0], "ttt_lo": ttt[1], "ttt_hi": ttt[2], "reached": ttt[3],
+        "host_time": mean_ci([g["wall_time"].max() for g in seeds])[0],
         "up_mb": mean_ci([g["bytes_up"].sum() / MB for g in seeds])[0],
         "down_mb": mean_ci([g["bytes_down"].sum() / MB for g in seeds])[0],
     }
@@ -78,14 +106,22 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     return summary, notes
 
 
-def _mean_ci(mean: float, ci: float, scale: float = 1.0, digits: int = 1) -> str:
+def over_budget_names(summary: pd.DataFrame) -> dict[str, str]:
+    """Each label as shown wherever its accuracy or time is: marked when it ran over budget."""
+    return {label: f"{label} (over budget)" if row["over_budget"] > 0 else label
+            for label, row in summary.iterrows()}
+
+
+def _interval(mean: float, lo: float, hi: float, scale: float = 1.0, digits: int = 1) -> str:
     if math.isnan(mean):
         return DASH
-    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(ci) else f" ± {ci * scale:.{digits}f}")
+    text = f"{mean * scale:.{digits}f}"
+    return text if math.isnan(lo) else f"{text} ({lo * scale:.{digits}f}{DASH}{hi * scale:.{digits}f})"
 
 
 def _percent(summary: pd.DataFrame, column: str) -> list[str]:
-    return [_mean_ci(m, c, 100) for m, c in zip(summary[column], summary[column + "_ci"], strict=True)]
+    return [_interval(m, lo, hi, 100) for m, lo, hi in
+            zip(summary[column], summary[column + "_lo"], summary[column + "_hi"], strict=True)]
 
 
 def _time(row: pd.Series) -> str:
@@ -94,36 +130,48 @@ def _time(row: pd.Series) -> str:
     if row["reached"] == 0:
         return "not reached"
     partial = f" ({row['reached']}/{row['seeds']} seeds)" if row["reached"] < row["seeds"] else ""
-    return _mean_ci(row["ttt"], row["ttt_ci"]) + partial
+    return _interval(row["ttt"], row["ttt_lo"], row["ttt_hi"]) + partial
+
+
+def _seeds(n: int) -> str:
+    kind = interval_kind(n)
+    return str(n) if kind == "none" else f"{n} ({INTERVAL_NAMES[kind]})"
 
 
 def display(summary: pd.DataFrame, target: float, reference: str | None) -> pd.DataFrame:
-    """The summary as the strings a reader sees: %, MB, s, mean ± 95% CI, n/a."""
+    """The summary as the strings a reader sees: %, MB, s, mean (interval), n/a."""
     def number(value: float, digits: int = 2) -> str:
         return DASH if math.isnan(value) else f"{value:.{digits}f}"
 
+    names = over_budget_names(summary)
     return pd.DataFrame({
-        "Label": summary.index,
+        "Label": [names[label] for label in summary.index],
         "Method": summary["method"],
-        "Seeds": summary["seeds"].astype(str),
+        "Seeds": summary["seeds"].map(_seeds),
         "Rounds": summary["rounds"],
         "Final accuracy (%)": _percent(summary, "final"),
         "Best accuracy (%)": _percent(summary, "best"),
-        "Peak memory (MB)": summary["peak_mb"].map(number),
+        "Smallest task (MB)": summary["task_min_mb"].map(number),
+        "Largest task (MB)": summary["task_max_mb"].map(number),
+        "Peak measured (MB)": summary["peak_mb"].map(number),
+        "Fleet that fits (%)": (summary["fits"] * 100).map(lambda v: number(v, 1)),
+        "Over budget (% of trained)": (summary["over_budget"] * 100).map(lambda v: number(v, 1)),
         "Participation (%)": (summary["participation"] * 100).map(lambda v: number(v, 1)),
-        f"Time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
-        f"Speed-up vs {reference or 'FedAvg'}": summary["speedup"].map(
+        f"Device time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
+        f"Speed-up vs {names.get(reference, reference) if reference else 'FedAvg'}": summary["speedup"].map(
             lambda v: "n/a" if math.isnan(v) else f"×{v:.2f}"),
+        "Host time (s)": summary["host_time"].map(lambda v: number(v, 1)),
         "Bytes up (MB)": summary["up_mb"].map(number),
         "Bytes down (MB)": summary["down_mb"].map(number),
     }).reset_index(drop=True)
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+def flatten_config(config: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """A config as (dotted key, value) pairs, methods apart, as ``--set`` writes them."""
     rows = []
     for key, value in config.items():
         if isinstance(value, dict):
-            rows += _flatten(value, f"{prefix}{key}.")
+            rows += flatten_config(value, f"{prefix}{key}.")
         elif key != "methods":
             plain = isinstance(value, str | int | float) and not isinstance(value, bool)
             rows.append((f"{prefix}{key}", str(value) if plain else json.dumps(value)))
@@ -132,7 +180,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 def config_table(suite: Suite) -> pd.DataFrame:
     """The suite config (methods apart), flattened to dotted keys as in ``--set``."""
-    return pd.DataFrame(_flatten(suite.config), columns=["Key", "Value"])
+    return pd.DataFrame(flatten_config(suite.config), columns=["Key", "Value"])
 
 
 def methods_table(suite: Suite) -> pd.DataFrame:

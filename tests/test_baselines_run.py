@@ -49,7 +49,9 @@ def test_records_show_each_clients_size_and_exclusions(suite, label):
     sizes = {c[kind] for c in clients if c["status"] != "excluded"}
     assert len(sizes) > 1  # budgets differ, so sizes differ
     excluded = [c for c in clients if c["status"] == "excluded"]
-    assert excluded and all("budget" in c["reason"] and c["task"] is None for c in excluded)
+    smallest = min(c["estimate"]["peak"] for c in clients if c["estimate"])  # the admission task is recorded
+    assert excluded and all("budget" in c["reason"] and c["estimate"]["peak"] == smallest > c["budget"]
+                            for c in excluded)
 
 
 def test_depthfl_evaluates_deepest_and_ensemble(suite):

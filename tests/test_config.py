@@ -17,7 +17,7 @@ def test_quick_suite_loads_with_its_methods():
     assert isinstance(suite, SuiteConfig)
     assert suite.data.name == "digits" and suite.model.name == "cnn"
     assert {"fedavg", "exclusive", "allsmall"} <= {m.label for m in suite.methods}
-    assert suite.seeds == [0, 1]
+    assert suite.seeds == [0, 1, 2]
 
 
 def test_unknown_top_level_key_names_key_and_allowed():

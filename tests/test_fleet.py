@@ -30,16 +30,28 @@ def test_lognormal_median_near_configured():
     assert 3.4 < values[200] < 4.6 and min(values) > 0
 
 
-def test_trace_csv_with_header_and_speed(tmp_path):
+def test_trace_csv_with_header_and_speeds(tmp_path):
     path = tmp_path / "fleet.csv"
-    path.write_text("device_id,memory_mb,speed\n7,512,1.5\n9,1024\n")
-    fleet = build_fleet(FleetConfig(distribution="trace", trace=str(path)), 0)
-    assert [(d.id, d.budget, d.speed) for d in fleet] == [(7, 512 * MB, 1.5), (9, 1024 * MB, 1.0)]
+    path.write_text("device_id,memory_mb,gflops,up_mbps,down_mbps\n7,512,1.5,2,8\n9,1024\n")
+    fleet = build_fleet(FleetConfig(distribution="trace", trace=str(path), gflops=[20.0]), 0)
+    assert [(d.id, d.budget) for d in fleet] == [(7, 512 * MB), (9, 1024 * MB)]
+    assert [(d.flops, d.up, d.down) for d in fleet] == [(1.5e9, 2e6 / 8, 8e6 / 8), (20e9, 10e6 / 8, 50e6 / 8)]
+
+
+def test_speeds_are_drawn_per_device_without_moving_the_budgets():
+    one = FleetConfig(devices=200, low_mb=2.0, high_mb=6.0)
+    many = FleetConfig(devices=200, low_mb=2.0, high_mb=6.0, gflops=[5.0, 50.0], up_mbps=[1.0, 20.0])
+    a, b = build_fleet(one, 3), build_fleet(many, 3)
+    assert [d.budget for d in a] == [d.budget for d in b]
+    assert {d.flops for d in a} == {10e9} and {d.flops for d in b} == {5e9, 50e9}
+    assert 0.35 < sum(d.flops == 5e9 for d in b) / 200 < 0.65 and {d.up for d in b} == {1e6 / 8, 20e6 / 8}
+    assert {d.down for d in b} == {50e6 / 8} and build_fleet(many, 3) == b
 
 
 @pytest.mark.parametrize(("text", "match"), [
     ("1,abc\n", "expected device_id,memory_mb"),
     ("1,-5\n", "must be positive"),
+    ("1,5,-2\n", "must be positive"),
     ("1,5\n1,6\n", "repeats"),
     ("device_id,memory_mb\n", "lists no device"),
 ])

@@ -1,0 +1,68 @@
+"""Several suite folders as one suite, so that one report compares them.
+
+Labels that two suites share are prefixed with their suite's name; the configuration keys in which
+the suites differ are listed; suites on different data or models are refused unless the caller
+allows it, since their accuracies and memory do not measure the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reports.load import ReportError, Suite, load_suite
+from reports.tables import flatten_config
+
+SAME = ("data.name", "model.name", "model.width")  # what must agree for numbers to be comparable
+
+
+def differences(suites: list[Suite]) -> pd.DataFrame:
+    """The config keys whose values differ between the suites (methods apart), one column each."""
+    configs = [dict(flatten_config(s.config)) for s in suites]
+    keys = sorted({k for c in configs for k in c})
+    rows = [[key, *(c.get(key, "–") for c in configs)] for key in keys
+            if len({c.get(key) for c in configs}) > 1]
+    return pd.DataFrame(rows, columns=["Key", *(s.name for s in suites)])
+
+
+def _relabel(suite: Suite, clashing: set[str]) -> Suite:
+    """``suite`` with its clashing labels prefixed by the suite's name."""
+    rename = {label: f"{suite.name}/{label}" for label in suite.labels if label in clashing}
+
+    def relabelled(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(label=frame["label"].replace(rename)) if "label" in frame else frame
+
+    manifests = {(rename.get(label, label), seed): m for (label, seed), m in suite.manifests.items()}
+    return Suite(suite.path, suite.name, suite.info, relabelled(suite.runs), manifests,
+                 relabelled(suite.rounds), relabelled(suite.clients), suite.fleet,
+                 [f"{suite.name}: {note}" for note in suite.notes])
+
+
+def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
+    """One suite (``paths`` of one) or several merged into one."""
+    suites = [load_suite(p) for p in paths]
+    if len(suites) == 1:
+        return suites[0]
+    names = [s.name for s in suites]
+    if len(set(names)) < len(names):
+        raise ReportError(f"the suites to compare share a name ({', '.join(names)}); rename one with --set name=...")
+    compared = differences(suites)
+    mixed = compared[compared["Key"].isin(SAME)]
+    if len(mixed) and not allow_mixed:
+        what = "; ".join(f"{row.Key}: {' vs '.join(map(str, row[1:]))}" for row in mixed.itertuples(index=False))
+        raise ReportError(f"the suites differ in data set or model ({what}); pass --allow-mixed to compare them")
+    seen: dict[str, int] = {}
+    for s in suites:
+        for label in s.labels:
+            seen[label] = seen.get(label, 0) + 1
+    clashing = {label for label, n in seen.items() if n > 1}
+    parts = [_relabel(s, clashing) for s in suites]
+    frames = {key: pd.concat([getattr(p, key) for p in parts], ignore_index=True)
+              for key in ("runs", "rounds", "clients", "fleet")}
+    return Suite(
+        path=suites[0].path, name=" + ".join(names), info={},
+        runs=frames["runs"], manifests={k: v for p in parts for k, v in p.manifests.items()},
+        rounds=frames["rounds"], clients=frames["clients"], fleet=frames["fleet"],
+        notes=[note for p in parts for note in p.notes], compared=compared,
+    )
