@@ -235,14 +235,11 @@ def _check(condition: bool, message: str) -> None:
 
 
 def validate(suite: SuiteConfig) -> None:
-    """Ranges and cross-field rules; names are checked against the registries (with the built-in
-    methods and ``FL_HARNESS_PLUGINS`` loaded, so that no caller needs a step of its own)."""
+    """Ranges and cross-field rules; names are checked against the registries (the method
+    registry loads the built-in methods and ``FL_HARNESS_PLUGINS`` itself)."""
     from harness.data import DATASETS
     from harness.methods import METHODS
     from harness.models import MODELS
-    from harness.plugins import load_plugins
-
-    load_plugins()
 
     for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")

@@ -22,6 +22,7 @@ from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
+from harness.plugins import load_plugins
 from harness.registry import Registry
 from harness.training import LocalResult, Task
 
@@ -219,7 +220,7 @@ def over_budget(device: Device, spec: TaskSpec, need: int) -> str:
 
 
 MethodClass = type[Method]
-METHODS: Registry[MethodClass] = Registry("method")
+METHODS: Registry[MethodClass] = Registry("method", load=load_plugins)  # built-ins and FL_HARNESS_PLUGINS
 
 
 def register_method(name: str) -> Callable[[MethodClass], MethodClass]:

@@ -16,11 +16,21 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """A small named table: ``@registry.register("name")`` adds, ``registry["name"]`` looks up."""
+    """A small named table: ``@registry.register("name")`` adds, ``registry["name"]`` looks up.
 
-    def __init__(self, kind: str) -> None:
+    ``load`` (if given) is called once, before the first lookup, to import the modules whose
+    decorators fill the table, so that no caller needs a step of its own."""
+
+    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._load = load
+
+    def _loaded(self) -> dict[str, T]:
+        if self._load is not None:
+            load, self._load = self._load, None
+            load()
+        return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -33,17 +43,17 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._loaded()[name]
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._entries))}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._loaded()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(sorted(self._loaded()))
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._loaded())

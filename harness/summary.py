@@ -10,11 +10,19 @@ from harness.fleet import MB
 from harness.records import read_jsonl
 
 
+def over_budget(folder: Path, run_dirs: list[str]) -> bool:
+    """Whether any trained client of these runs exceeded its memory budget."""
+    return any(c.get("over_budget") for d in run_dirs for c in read_jsonl(folder / d / "clients.jsonl"))
+
+
 def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
-    """Per label: final accuracy (mean over seeds), best, peak measured memory, participation."""
+    """Per label: final accuracy (mean over seeds), best, peak measured memory, participation; a
+    label whose clients ran over their budgets is marked, since no device could reach its numbers."""
     by_label: dict[str, list[list[dict]]] = defaultdict(list)
+    dirs: dict[str, list[str]] = defaultdict(list)
     for label, run_dir in runs:
         by_label[label].append(read_jsonl(folder / run_dir / "rounds.jsonl"))
+        dirs[label].append(run_dir)
     rows = []
     for label, seeds in by_label.items():
         seeds = [rounds for rounds in seeds if rounds]
@@ -23,7 +31,7 @@ def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
         peaks = [x["peak_tensor"] for r in seeds for x in r if x["peak_tensor"] is not None]
         share = [x["participated"] / x["devices"] for r in seeds for x in r]
         rows.append([
-            label,
+            f"{label} (over budget)" if over_budget(folder, dirs[label]) else label,
             f"{100 * mean(final):.1f}%" if final else "n/a",
             f"{100 * mean(b for b in best if b is not None):.1f}%" if any(b is not None for b in best) else "n/a",
             f"{max(peaks) / MB:.2f}" if peaks else "n/a",

@@ -99,6 +99,23 @@ def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
     return (clients.assign(fits=fits).groupby(["label", "seed", "round"], as_index=False)["fits"].mean())
 
 
+def name_overlapping_ends(ax: Axes, tolerance: float = 0.015) -> None:
+    """Lines that end on one value hide each other: name them together at their end."""
+    ends = sorted((line.get_ydata()[-1], line.get_xdata()[-1], line.get_label()) for line in ax.get_lines()
+                  if len(line.get_xdata()))
+    groups: list[list[tuple]] = []
+    for end in ends:
+        if groups and end[0] - groups[-1][0][0] <= tolerance:
+            groups[-1].append(end)
+        else:
+            groups.append([end])
+    for group in groups:
+        if len(group) > 1:
+            y, x = group[0][0], max(e[1] for e in group)
+            ax.annotate(", ".join(e[2] for e in group), (x, y), xytext=(-4, 5), textcoords="offset points",
+                        ha="right", fontsize="xx-small", color="0.25", gid="shared end")
+
+
 @themed
 def participation(rounds: pd.DataFrame, clients: pd.DataFrame, styles: dict) -> Figure | None:
     devices = rounds["devices"].where(rounds["devices"] > 0)
@@ -112,6 +129,7 @@ def participation(rounds: pd.DataFrame, clients: pd.DataFrame, styles: dict) -> 
                                strict=True):
         for label, group in data.groupby("label"):
             plot_band(ax, group, "share", "round", styles[label], ci=False, label=styles[label]["name"])
+        name_overlapping_ends(ax)
         ax.set(xlabel="Round", title=title)
         round_axis(ax)
     axes[0].set(ylabel="Devices of the fleet (mean over seeds)", ylim=(-0.02, 1.05))

@@ -40,10 +40,13 @@ def test_summary_table_values(tmp_path, quiet):
               for s in (0, 1)]
     final = (rounds[0][-1]["accuracy"] + rounds[1][-1]["accuracy"]) / 2
     peak = max(r["peak_tensor"] for seed in rounds for r in seed)
-    assert rows == [["fedavg", f"{100 * final:.1f}%",
+    clients = [json.loads(x) for s in (0, 1) for x in (folder / f"fedavg-seed{s}" / "clients.jsonl").read_text()
+               .splitlines()]
+    over = any(c.get("over_budget") for c in clients)  # plain FedAvg ignores budgets: marked when it overran
+    assert over and rows == [["fedavg (over budget)", f"{100 * final:.1f}%",
                      f"{100 * sum(max(r['accuracy'] for r in s) for s in rounds) / 2:.1f}%",
                      f"{peak / 2**20:.2f}", "67%", "2"]]
-    assert format_table(rows).splitlines()[2].startswith("| fedavg |")
+    assert format_table(rows).splitlines()[2].startswith("| fedavg (over budget) |")
     assert quiet[-1].strip().startswith("| method | final acc")
 
 

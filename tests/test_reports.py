@@ -225,17 +225,24 @@ def test_pareto_front_keeps_undominated_points():
 
 # ---- rendering -------------------------------------------------------------------------------
 
-def test_render_writes_every_file_and_no_notes_but_the_over_budget_one(suite_dir, tmp_path):
-    report = render(suite_dir, tmp_path / "out", target=TARGET)
+@pytest.fixture(scope="module")
+def rendered(suite_dir, tmp_path_factory):
+    """The synthetic suite's report, rendered once for the tests that read it."""
+    out = tmp_path_factory.mktemp("report")
+    return render(suite_dir, out, target=TARGET), out
+
+
+def test_render_writes_every_file_and_no_notes_but_the_over_budget_one(rendered):
+    report, out = rendered
     assert report.notes == ["fedavg: 67% of its trained clients exceeded their memory budget; its accuracy "
                             "and time are not reachable on this fleet"]
     for stem in FIGURES:
         for ext in ("png", "svg"):
-            assert (tmp_path / "out" / f"{stem}.{ext}").stat().st_size > 1000, stem
-    html = (tmp_path / "out" / "index.html").read_text()
+            assert (out / f"{stem}.{ext}").stat().st_size > 1000, stem
+    html = (out / "index.html").read_text()
     assert all(f'src="{stem}.png"' in html for stem in FIGURES)
     assert "<table" in html and "fedavg (over budget)" in html
-    markdown = (tmp_path / "out" / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
     assert all(f"({stem}.png)" in markdown for stem in FIGURES)
     assert "| data.name | synthetic |" in markdown and "abc123" in markdown
 
@@ -311,6 +318,8 @@ def test_participation_is_the_share_of_the_fleet(suite, styles):
         [0.5] * 5)
     assert next(line for line in took_part_ax.get_lines() if line.get_label() == fedavg).get_ydata() == pytest.approx(
         [0.75] * 5)
+    shared = [t.get_text() for t in took_part_ax.texts if t.get_gid() == "shared end"]
+    assert shared == ["fedavg (over budget), heterofl, neulite"]  # all end at 75%: lines hide each other, so named
 
 
 def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, styles):
@@ -389,9 +398,9 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     assert ax.patches[0].get_hatch() == "//"
 
 
-def test_summary_table_matches_hand_computed_values(suite_dir, tmp_path):
-    render(suite_dir, tmp_path, target=TARGET)
-    rows = table_rows((tmp_path / "summary.md").read_text())
+def test_summary_table_matches_hand_computed_values(rendered):
+    _, out = rendered
+    rows = table_rows((out / "summary.md").read_text())
     fedavg = rows["fedavg (over budget)"]
     assert fedavg["Seeds"] == "2 (min–max range)"
     assert fedavg["Final accuracy (%)"] == "86.0 (85.0–87.0)"  # final accuracies 0.85 and 0.87
@@ -409,7 +418,7 @@ def test_summary_table_matches_hand_computed_values(suite_dir, tmp_path):
     assert rows["heterofl"]["Participation (%)"] == "75.0" and rows["heterofl"]["Fleet that fits (%)"] == "100.0"
     assert rows["neulite"]["Fleet that fits (%)"] == "85.0"  # 4, 4, 3, 3, 3 of 4 devices
     assert rows["neulite"]["Seeds"] == "2 (min–max range)" and rows["neulite"]["Rounds"] == "5"
-    csv = pd.read_csv(tmp_path / "summary.csv", index_col="label")
+    csv = pd.read_csv(out / "summary.csv", index_col="label")
     assert csv.loc["fedavg", "over_budget"] == pytest.approx(2 / 3) and csv.loc["heterofl", "fits"] == 1.0
     assert csv.loc["fedavg", "ttt"] == pytest.approx(25.2) and csv.loc["fedavg", "final_hi"] == pytest.approx(0.87)
 
