@@ -15,7 +15,6 @@ from harness.fleet import FLEETS, MB, Device
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
 from harness.models import MODELS, ModelSpec
-from harness.plugins import load_plugins
 from harness.training import NonFiniteLossError, train_local
 
 
@@ -137,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    load_plugins()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

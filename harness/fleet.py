@@ -83,6 +83,9 @@ def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     devices = []
     with path.open(newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
+            if line_no == 1 and "speed" in (c.strip() for c in row):
+                raise ConfigError(f"fleet.trace: {path}: the third column is now gflops (GFLOP/s), not a "
+                                  f"relative speed; columns: {TRACE_COLUMNS}")
             if not row or row[0].strip().startswith("#") or (line_no == 1 and not row[0].strip().isdigit()):
                 continue
             try:

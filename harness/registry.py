@@ -28,8 +28,8 @@ class Registry(Generic[T]):
 
     def _loaded(self) -> dict[str, T]:
         if self._load is not None:
-            load, self._load = self._load, None
-            load()
+            self._load()  # a failing import raises here, every time, rather than leave the table half full
+            self._load = None
         return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:

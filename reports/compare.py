@@ -17,26 +17,27 @@ from reports.tables import flatten_config
 SAME = ("data.name", "model.name", "model.width")  # what must agree for numbers to be comparable
 
 
-def differences(suites: list[Suite]) -> pd.DataFrame:
+def differences(suites: list[Suite], names: list[str]) -> pd.DataFrame:
     """The config keys whose values differ between the suites (methods apart), one column each."""
     configs = [dict(flatten_config(s.config)) for s in suites]
     keys = sorted({k for c in configs for k in c})
     rows = [[key, *(c.get(key, "–") for c in configs)] for key in keys
             if len({c.get(key) for c in configs}) > 1]
-    return pd.DataFrame(rows, columns=["Key", *(s.name for s in suites)])
+    return pd.DataFrame(rows, columns=["Key", *names])
 
 
-def _relabel(suite: Suite, clashing: set[str]) -> Suite:
-    """``suite`` with its clashing labels prefixed by the suite's name."""
-    rename = {label: f"{suite.name}/{label}" for label in suite.labels if label in clashing}
+def _relabel(suite: Suite, name: str, clashing: set[str]) -> Suite:
+    """``suite`` under ``name``, its clashing labels prefixed by that name."""
+    rename = {label: f"{name}/{label}" for label in suite.labels if label in clashing}
 
     def relabelled(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.assign(suite=name)
         return frame.assign(label=frame["label"].replace(rename)) if "label" in frame else frame
 
     manifests = {(rename.get(label, label), seed): m for (label, seed), m in suite.manifests.items()}
-    return Suite(suite.path, suite.name, suite.info, relabelled(suite.runs), manifests,
-                 relabelled(suite.rounds), relabelled(suite.clients), suite.fleet,
-                 [f"{suite.name}: {note}" for note in suite.notes])
+    return Suite(suite.path, name, suite.info, relabelled(suite.runs), manifests,
+                 relabelled(suite.rounds), relabelled(suite.clients), suite.fleet.assign(suite=name),
+                 [f"{name}: {note}" for note in suite.notes])
 
 
 def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
@@ -45,9 +46,11 @@ def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
     if len(suites) == 1:
         return suites[0]
     names = [s.name for s in suites]
+    if len(set(names)) < len(names):  # one suite file run into several folders: tell them apart by folder
+        names = [f"{s.path.parent.name}/{s.name}" for s in suites]
     if len(set(names)) < len(names):
-        raise ReportError(f"the suites to compare share a name ({', '.join(names)}); rename one with --set name=...")
-    compared = differences(suites)
+        raise ReportError(f"cannot tell the suites apart by name or folder ({', '.join(map(str, paths))})")
+    compared = differences(suites, names)
     mixed = compared[compared["Key"].isin(SAME)]
     if len(mixed) and not allow_mixed:
         what = "; ".join(f"{row.Key}: {' vs '.join(map(str, row[1:]))}" for row in mixed.itertuples(index=False))
@@ -57,7 +60,7 @@ def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
         for label in s.labels:
             seen[label] = seen.get(label, 0) + 1
     clashing = {label for label, n in seen.items() if n > 1}
-    parts = [_relabel(s, clashing) for s in suites]
+    parts = [_relabel(s, name, clashing) for s, name in zip(suites, names, strict=True)]
     frames = {key: pd.concat([getattr(p, key) for p in parts], ignore_index=True)
               for key in ("runs", "rounds", "clients", "fleet")}
     return Suite(

@@ -73,6 +73,7 @@ def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: st
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for label, group in data.groupby("label"):
         plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"])
+    name_overlapping_ends(ax, tolerance=0.004)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     if x == "round":
         round_axis(ax)
@@ -138,20 +139,25 @@ def participation(rounds: pd.DataFrame, clients: pd.DataFrame, styles: dict) -> 
     return fig
 
 
-def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], styles: dict) -> None:
-    """Share of the fleet whose budget is at least each memory level, with each method's smallest
-    task dashed across it: where a line meets the curve reads as the share of devices that can
-    take part at all (marked). Each seed draws its own fleet; they are pooled."""
-    budgets = fleet["budget"].to_numpy() / MB
+def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], suites: dict[str, str],
+                styles: dict) -> None:
+    """Share of the fleet whose budget is at least each memory level (one curve per suite, the
+    seeds' fleets pooled), with each method's smallest task dashed across it: where a line meets
+    its suite's curve reads as the share of devices that can take part at all (marked)."""
     grid = np.linspace(0, bx.get_ylim()[1], 600)
-    share = (budgets[None, :] >= grid[:, None]).mean(axis=1)
-    bx.plot(share, grid, color="0.35", linewidth=1.5, gid="fleet")
-    bx.fill_betweenx(grid, 0, share, color="0.35", alpha=0.15, linewidth=0)
+    budgets = {name: group["budget"].to_numpy() / MB for name, group in fleet.groupby("suite")}
+    for k, (name, values) in enumerate(budgets.items()):
+        share = (values[None, :] >= grid[:, None]).mean(axis=1)
+        bx.plot(share, grid, color="0.35", linewidth=1.5, linestyle=("-", "--", ":", "-.")[k % 4], gid="fleet",
+                label=f"fleet: {name}" if len(budgets) > 1 else None)
+        bx.fill_betweenx(grid, 0, share, color="0.35", alpha=0.15 / len(budgets), linewidth=0)
     for label, level in levels.items():
         color = styles[label]["color"]
+        own = budgets.get(suites[label], np.array([]))
         bx.axhline(level, color=color, linestyle="--", linewidth=1.3, gid=f"admission {label}")
-        bx.plot([(budgets >= level).mean()], [level], marker=styles[label]["marker"], color=color,
-                markeredgecolor="black", markeredgewidth=0.5, gid=f"fits {label}")
+        if len(own):
+            bx.plot([(own >= level).mean()], [level], marker=styles[label]["marker"], color=color,
+                    markeredgecolor="black", markeredgewidth=0.5, gid=f"fits {label}")
     near = 0.02 * bx.get_ylim()[1]  # lines this close hide each other: one text names them all
     groups: list[list[str]] = []
     for label in sorted(levels, key=levels.get):
@@ -167,7 +173,9 @@ def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], styles:
     bx.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     fleets = fleet.groupby(["suite", "seed"]).ngroups
     bx.set(xlabel="Devices with at least this budget",
-           title="Fleet budgets" + (f" ({fleets} fleets pooled)" if fleets > 1 else ""))
+           title="Fleet budgets" + (f" ({fleets} fleets pooled)" if fleets > 1 and len(budgets) == 1 else ""))
+    if len(budgets) > 1:
+        bx.legend(loc="lower left", fontsize="xx-small")
 
 
 @themed
@@ -216,7 +224,8 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
     ax.set_ylim(0, top * 1.12)
     handles, names = ax.get_legend_handles_labels()
     if panels == 2:
-        fleet_panel(axes[0, 1], fleet, tasks["min"].dropna().to_dict(), styles)
+        suites = clients.drop_duplicates("label").set_index("label")["suite"].to_dict()
+        fleet_panel(axes[0, 1], fleet, tasks["min"].dropna().to_dict(), suites, styles)
         handles.append(plt.Line2D([], [], color="0.3", linestyle="--"))
         names.append("smallest task (fits: marked)")
     outside_legend(axes[0, -1], handles=handles[::-1], labels=names[::-1])
@@ -255,7 +264,8 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     x, y = points["peak_mb"].to_numpy(float), points["final"].to_numpy(float)
     span = max(x.max() - x.min(), x.max() * 0.05, 1e-9)
     labels = list(points.index)
-    on_front = pareto_front(x, y)
+    feasible = np.array([not styles[label].get("over_budget") for label in labels])
+    on_front = pareto_front(np.where(feasible, x, np.nan), y)  # a run over budget is no achievable trade-off
     low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
     pad = 0.05 * max(high.max() - low.min(), 0.05)
     ax.set_xlim(x.min() - 0.08 * span, x.max() + 0.35 * span)
@@ -280,7 +290,7 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     front = points[on_front].sort_values("peak_mb")
     ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
-            label="Pareto front")
+            label="Pareto front (within budget)" if not feasible.all() else "Pareto front")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Final test accuracy",
            title="Memory against accuracy (up and left is better)")
@@ -290,9 +300,8 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
 
 
 @themed
-def time_to_target(summary: pd.DataFrame, styles: dict, target: float,
-                   reference: str | None) -> Figure | None:
-    """Mean device time to reach the target, labelled with the speed-up against the FedAvg reference."""
+def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure | None:
+    """Mean device time to reach the target, labelled with the speed-up against its FedAvg reference."""
     rows = summary[summary["seeds"] > 0]
     if rows.empty:
         return None
@@ -307,17 +316,22 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float,
         bar.set_hatch("//" if styles[label].get("over_budget") else "")
     ends = ttt + high
     for i, (label, row) in enumerate(rows.iterrows()):
-        if math.isnan(row["ttt"]):
+        if math.isnan(row["reached"]):
+            text = "n/a (no device time)"
+        elif math.isnan(row["ttt"]):
             text = "not reached"
         else:
             text = "n/a" if math.isnan(row["speedup"]) else f"×{row['speedup']:.2f}"
-            text += " (reference)" if label == reference else ""
+            text += " (reference)" if label == row["reference"] else ""
         ax.annotate(text, (ends.iloc[i], i), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize="small")
     ax.set_yticks(y, [styles[label]["name"] for label in rows.index])
     ax.invert_yaxis()
     ax.set_xlim(0, (ends.max() or 1.0) * 1.3)
-    against = f"speed-up against {styles[reference]['name']}" if reference else "no FedAvg run: speed-up n/a"
+    references = summary["reference"].dropna().unique()
+    against = ("no FedAvg run: speed-up n/a" if not len(references) else
+               f"speed-up against {styles[references[0]]['name']}" if len(references) == 1 else
+               "speed-up against each suite's FedAvg")
     ax.set(xlabel="Cumulative device time (s, simulated; mean over seeds that reached it)",
            title=f"Device time to {target:.0%} accuracy ({against})")
     return fig

@@ -39,7 +39,7 @@ class Suite:
     path: Path
     name: str
     info: dict[str, Any]  # suite.json; {} when it is missing
-    runs: pd.DataFrame  # label, method, seed, dir: every run the suite lists, started or not
+    runs: pd.DataFrame  # label, method, seed, dir, suite: every run the suite lists, started or not
     manifests: dict[tuple[str, int], dict[str, Any]]
     rounds: pd.DataFrame  # run keys + rounds.jsonl keys, nested ones dotted ("evals.full.accuracy")
     clients: pd.DataFrame  # run keys + clients.jsonl keys, nested ones dotted ("memory.tensor.peak")
@@ -55,6 +55,11 @@ class Suite:
     def methods(self) -> dict[str, str]:
         """Each label's method."""
         return dict(zip(self.runs["label"], self.runs["method"], strict=True))
+
+    @property
+    def suites(self) -> dict[str, str]:
+        """Each label's suite (one, unless several suites are compared)."""
+        return dict(zip(self.runs["label"], self.runs["suite"], strict=True))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -134,8 +139,10 @@ def load_suite(path: str | Path) -> Suite:
         raise ReportError(f"{path} is not a folder of suite records")
     notes: list[str] = []
     info = read_json(path / "suite.json", notes, "suite.json")
+    suite_name = info.get("suite") or path.name
     runs, manifests, rounds, clients, fleets = [], {}, [], [], []
     for run in _listed_runs(path, info, notes):
+        run = {**run, "suite": suite_name}
         runs.append(run)
         folder, name = path / run["dir"], f"{run['label']} seed {run['seed']}"
         if not folder.is_dir():
@@ -144,7 +151,7 @@ def load_suite(path: str | Path) -> Suite:
         manifest = read_json(folder / "manifest.json", notes, f"{run['dir']}/manifest.json")
         manifests[run["label"], run["seed"]] = manifest
         fleets += [{"seed": run["seed"], **d} for d in manifest.get("fleet", [])]
-        identity = {k: run[k] for k in RUN_KEYS}
+        identity = {k: run[k] for k in (*RUN_KEYS, "suite")}
         run_rounds = [{**r, **identity}
                       for r in read_jsonl(folder / "rounds.jsonl", notes, f"{run['dir']}/rounds.jsonl")]
         rounds += run_rounds
@@ -156,11 +163,10 @@ def load_suite(path: str | Path) -> Suite:
             notes.append(f"{name}: {recorded} of {expected} rounds recorded (still running or stopped)")
     if not runs:
         raise ReportError(f"{path} holds no run records (no suite.json runs, no run folders)")
-    name = info.get("suite") or path.name
-    fleet = pd.DataFrame([{"suite": name, **d} for d in fleets], columns=list(FLEET_COLUMNS))
+    fleet = pd.DataFrame([{"suite": suite_name, **d} for d in fleets], columns=list(FLEET_COLUMNS))
     return Suite(
         path=path,
-        name=name,
+        name=suite_name,
         info=info,
         runs=pd.DataFrame(runs).sort_values(["label", "seed"], ignore_index=True),
         manifests=manifests,

@@ -18,7 +18,6 @@ from reports.tables import (
     methods_table,
     over_budget_names,
     provenance_table,
-    reference_label,
     summarize,
 )
 
@@ -49,7 +48,6 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
     names = over_budget_names(summary)
     for label, style in styles.items():
         style.update(name=names[label], over_budget=names[label] != label)
-    reference = reference_label(suite)
     built = {
         "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles),
         "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles),
@@ -58,7 +56,7 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
         "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles),
         "neulite_stage_memory": lambda: stages.neulite_stage_memory(suite.clients, styles),
         "neulite_stage_accuracy": lambda: stages.neulite_stage_accuracy(suite.rounds, styles),
-        "time_to_target": lambda: figures.time_to_target(summary, styles, target, reference),
+        "time_to_target": lambda: figures.time_to_target(summary, styles, target),
     }
     files, shown = [], []
     has_neulite = (suite.runs["method"] == "neulite").any()
@@ -79,7 +77,7 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
                      Section("Configuration", "The suite config as dotted keys (`--set` syntax).", config_table(suite)))
     page = Page(
         title=f"Report: suite {suite.name}",
-        summary=Section("Summary", SUMMARY_TEXT, display(summary, target, reference)),
+        summary=Section("Summary", SUMMARY_TEXT, display(summary, target)),
         notes=notes,
         figures=shown,
         details=[Section("Methods", "", methods_table(suite)), configuration,

@@ -71,15 +71,18 @@ def _stage_spans(rounds: pd.DataFrame) -> list[tuple[float, float, float]]:
     return spans
 
 
-def stage_strip(ax: plt.Axes, spans: list[tuple[float, float, float]]) -> list[plt.Artist]:
+def stage_colors(stages: pd.Series) -> dict[float, tuple[float, float, float]]:
+    """One colour per stage number, the same in every panel."""
+    ids = sorted(stages.dropna().unique())
+    return dict(zip(ids, sns.color_palette("crest", len(ids)), strict=True))
+
+
+def stage_strip(ax: plt.Axes, spans: list[tuple[float, float, float]], colors: dict) -> None:
     """Every span of rounds as a band in its stage's colour along the top of ``ax``: exact however
-    many spans there are (no label is thinned out); returns one legend handle per stage."""
-    stage_ids = sorted({stage for _, _, stage in spans})
-    colors = dict(zip(stage_ids, sns.color_palette("crest", len(stage_ids)), strict=True))
+    many spans there are (no label is thinned out)."""
     for first, last, stage in spans:
         ax.axvspan(first - 0.5, last + 0.5, ymin=0.955, ymax=1.0, color=colors[stage], linewidth=0,
                    gid=f"stage {stage_name(stage)}")
-    return [plt.Rectangle((0, 0), 1, 1, color=colors[s], label=f"stage {stage_name(s)}") for s in stage_ids]
 
 
 @themed
@@ -92,13 +95,14 @@ def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
     if staged.empty or not models:
         return None
     fig, panels = per_label_panels(staged, 5.0, 4.2, styles)
-    strip = []
+    colors = stage_colors(staged["stage"])
+    strip = [plt.Rectangle((0, 0), 1, 1, color=c, label=f"stage {stage_name(s)}") for s, c in colors.items()]
     for ax, rows in panels:
         label = rows["label"].iloc[0]
         for i, model in enumerate(models):
             plot_band(ax, rows, model, "round", styles[label], linestyle=LINESTYLES[i % len(LINESTYLES)],
                       label=model.removeprefix("evals.").removesuffix(".accuracy") + " model")
-        strip = stage_strip(ax, _stage_spans(rows))
+        stage_strip(ax, _stage_spans(rows), colors)
         ax.set_xlabel("Round")
         round_axis(ax)
     first, last = panels[0][0], panels[-1][0]

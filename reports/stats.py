@@ -45,6 +45,7 @@ def interval(values: Iterable[float], lower: float = -math.inf, upper: float = m
              ) -> tuple[float, float, float, int]:
     """Mean, interval bounds (clipped to [lower, upper]; nan without an interval) and count of
     the finite values, the interval chosen by ``interval_kind``."""
+    values = list(values)
     mean, half, n = mean_ci(values)
     kind = interval_kind(n)
     if kind == "t95":

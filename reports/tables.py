@@ -16,12 +16,16 @@ from reports.style import MB
 DASH = "–"
 
 
-def reference_label(suite: Suite) -> str | None:
-    """The FedAvg run speed-ups are measured against: label "fedavg", else the first fedavg method."""
-    if "fedavg" in suite.labels:
-        return "fedavg"
-    fedavg = sorted(suite.runs.loc[suite.runs["method"] == "fedavg", "label"].unique())
-    return fedavg[0] if fedavg else None
+def references(suite: Suite) -> dict[str, str | None]:
+    """Per label, the FedAvg run of its own suite that its speed-up is measured against: the label
+    "fedavg" (prefixed by its suite when suites are compared), else the first whose method is fedavg."""
+    out: dict[str, str | None] = {}
+    for _, runs in suite.runs.groupby("suite"):
+        labels = sorted(runs["label"].unique())
+        named = [label for label in labels if label.rpartition("/")[2] == "fedavg"]
+        fedavg = named or sorted(runs.loc[runs["method"] == "fedavg", "label"].unique())
+        out.update(dict.fromkeys(labels, fedavg[0] if fedavg else None))
+    return out
 
 
 def _span(values: list[int]) -> str:
@@ -40,6 +44,13 @@ def _fits(clients: pd.DataFrame) -> float:
     return float(fits.groupby([clients["seed"], clients["round"]]).mean().mean())
 
 
+def _dropped(clients: pd.DataFrame) -> float:
+    """Share of selected clients dropped at the round deadline (stragglers)."""
+    status = clients["status"] if "status" in clients else pd.Series(dtype=object)
+    selected = status.isin(["trained", "straggler"]).sum()
+    return float((status == "straggler").sum() / selected) if selected else math.nan
+
+
 def _over_budget(trained: pd.DataFrame) -> float:
     """Share of trained clients whose measured peak exceeded their budget."""
     if trained.empty or "over_budget" not in trained:
@@ -56,6 +67,7 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
     final = interval([g["accuracy"].iloc[-1] for g in accurate if len(g)], 0.0, 1.0)
     best = interval([g["accuracy"].max() for g in accurate if len(g)], 0.0, 1.0)
     ttt = interval([time_to_target(g, target) for g in seeds], 0.0)
+    timed = bool(seeds) and rounds["device_wall_time"].notna().any()
     peak = trained[TENSOR + "peak"].max()
     share = (rounds["participated"] / rounds["devices"].where(rounds["devices"] > 0)).mean()
     recorded = sorted({len(g) for g in seeds})
@@ -68,7 +80,7 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
     if len(set(recorded)) > 1:
         notes.append(f"{label}: seeds recorded {recorded[0]} to {recorded[-1]} rounds; "
                      "final accuracy mixes them")
-    if seeds and rounds["device_wall_time"].isna().all():
+    if seeds and not timed:
         notes.append(f"{label}: no device time in its records (made before the device time model); "
                      "time to target n/a")
     over = _over_budget(trained)
@@ -84,7 +96,8 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         "best": best[0], "best_lo": best[1], "best_hi": best[2],
         "peak_mb": peak / MB, "task_min_mb": clients[ESTIMATE].min() / MB, "task_max_mb": clients[ESTIMATE].max() / MB,
         "over_budget": over, "fits": _fits(clients), "participation": share,
-        "ttt": ttt[0], "ttt_lo": ttt[1], "ttt_hi": ttt[2], "reached": ttt[3],
+        "ttt": ttt[0], "ttt_lo": ttt[1], "ttt_hi": ttt[2], "reached": ttt[3] if timed else math.nan,
+        "dropped": _dropped(clients),
         "host_time": mean_ci([g["wall_time"].max() for g in seeds])[0],
         "up_mb": mean_ci([g["bytes_up"].sum() / MB for g in seeds])[0],
         "down_mb": mean_ci([g["bytes_down"].sum() / MB for g in seeds])[0],
@@ -96,13 +109,15 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     notes: list[str] = []
     rows = [_label_row(suite, label, target, notes) for label in suite.labels]
     summary = pd.DataFrame(rows).set_index("label")
-    reference = reference_label(suite)
-    base = summary.loc[reference, "ttt"] if reference else math.nan
-    summary["speedup"] = base / summary["ttt"]
-    if reference is None:
-        notes.append("no FedAvg run (label or method 'fedavg'): speed-up n/a")
-    elif math.isnan(base):
-        notes.append(f"{reference} has not reached {target:.0%}: speed-up n/a")
+    summary["reference"] = pd.Series(references(suite))
+    summary["speedup"] = [summary.loc[ref, "ttt"] / row["ttt"] if isinstance(ref, str) else math.nan
+                          for ref, (_, row) in zip(summary["reference"], summary.iterrows(), strict=True)]
+    for reference, group in summary.groupby(summary["reference"].fillna(""), sort=True):
+        if not reference:
+            where = f" in suite {suite.suites[group.index[0]]}" if suite.compared is not None else ""
+            notes.append(f"no FedAvg run (label or method 'fedavg'){where}: speed-up n/a")
+        elif math.isnan(summary.loc[reference, "ttt"]):
+            notes.append(f"{reference} has not reached {target:.0%}: speed-up n/a")
     return summary, notes
 
 
@@ -127,9 +142,14 @@ def _percent(summary: pd.DataFrame, column: str) -> list[str]:
 def _time(row: pd.Series) -> str:
     if row["seeds"] == 0:
         return DASH
+    if math.isnan(row["reached"]):
+        return "n/a"
     if row["reached"] == 0:
         return "not reached"
-    partial = f" ({row['reached']}/{row['seeds']} seeds)" if row["reached"] < row["seeds"] else ""
+    reached, kind = int(row["reached"]), interval_kind(int(row["reached"]))
+    partial = ""
+    if reached < row["seeds"]:
+        partial = f" ({reached}/{row['seeds']} seeds" + ("" if kind == "none" else f", {INTERVAL_NAMES[kind]}") + ")"
     return _interval(row["ttt"], row["ttt_lo"], row["ttt_hi"]) + partial
 
 
@@ -138,7 +158,16 @@ def _seeds(n: int) -> str:
     return str(n) if kind == "none" else f"{n} ({INTERVAL_NAMES[kind]})"
 
 
-def display(summary: pd.DataFrame, target: float, reference: str | None) -> pd.DataFrame:
+def speedup_header(summary: pd.DataFrame) -> str:
+    """"Speed-up vs fedavg", or, when suites with a FedAvg each are compared, against each one's."""
+    names = over_budget_names(summary)
+    refs = summary["reference"].dropna().unique()
+    if len(refs) > 1:
+        return "Speed-up vs its suite's FedAvg"
+    return f"Speed-up vs {names[refs[0]]}" if len(refs) else "Speed-up vs FedAvg"
+
+
+def display(summary: pd.DataFrame, target: float) -> pd.DataFrame:
     """The summary as the strings a reader sees: %, MB, s, mean (interval), n/a."""
     def number(value: float, digits: int = 2) -> str:
         return DASH if math.isnan(value) else f"{value:.{digits}f}"
@@ -157,9 +186,9 @@ def display(summary: pd.DataFrame, target: float, reference: str | None) -> pd.D
         "Fleet that fits (%)": (summary["fits"] * 100).map(lambda v: number(v, 1)),
         "Over budget (% of trained)": (summary["over_budget"] * 100).map(lambda v: number(v, 1)),
         "Participation (%)": (summary["participation"] * 100).map(lambda v: number(v, 1)),
+        "Dropped at deadline (% of selected)": (summary["dropped"] * 100).map(lambda v: number(v, 1)),
         f"Device time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
-        f"Speed-up vs {names.get(reference, reference) if reference else 'FedAvg'}": summary["speedup"].map(
-            lambda v: "n/a" if math.isnan(v) else f"×{v:.2f}"),
+        speedup_header(summary): summary["speedup"].map(lambda v: "n/a" if math.isnan(v) else f"×{v:.2f}"),
         "Host time (s)": summary["host_time"].map(lambda v: number(v, 1)),
         "Bytes up (MB)": summary["up_mb"].map(number),
         "Bytes down (MB)": summary["down_mb"].map(number),
@@ -195,14 +224,13 @@ def methods_table(suite: Suite) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Label", "Method", "Seeds", "Parameters"])
 
 
-def provenance_table(suite: Suite) -> pd.DataFrame:
-    """Where the numbers come from: versions, commit, start time, device, data and model."""
-    manifest = next((m for m in suite.manifests.values() if m), {})
-    source = suite.info or manifest
-    rows = [("suite", suite.name), ("records", str(suite.path)), ("started", source.get("started")),
+def _provenance(name: str, path: str, info: dict[str, Any], manifests: list[dict[str, Any]]) -> list[tuple]:
+    manifest = next((m for m in manifests if m), {})
+    source = info or manifest
+    rows = [("suite", name), ("records", path), ("started", source.get("started")),
             ("git commit", source.get("git_commit"))]
-    rows += [(name, version) for name, version in (source.get("versions") or {}).items()]
-    devices = sorted({m.get("device") for m in suite.manifests.values() if m.get("device")})
+    rows += [(key, version) for key, version in (source.get("versions") or {}).items()]
+    devices = sorted({m.get("device") for m in manifests if m.get("device")})
     rows.append(("device", ", ".join(devices) or None))
     data, model = manifest.get("data") or {}, manifest.get("model") or {}
     if data:
@@ -211,6 +239,19 @@ def provenance_table(suite: Suite) -> pd.DataFrame:
     if model:
         rows.append(("model", f"{model.get('name')} (width {model.get('width')}, "
                               f"{model.get('parameters')} parameters)"))
+    return rows
+
+
+def provenance_table(suite: Suite) -> pd.DataFrame:
+    """Where the numbers come from: versions, commit, start time, device, data and model (per
+    suite when several are compared)."""
+    names = sorted(set(suite.suites.values()))
+    rows = []
+    for name in names:
+        manifests = [m for (label, _), m in suite.manifests.items() if suite.suites.get(label) == name]
+        info = suite.info if len(names) == 1 else {}
+        part = _provenance(name, str(suite.path) if len(names) == 1 else name, info, manifests)
+        rows += part if len(names) == 1 else [(f"{name}: {k}", v) for k, v in part[2:]]
     return pd.DataFrame([(k, DASH if v is None else str(v)) for k, v in rows], columns=["Key", "Value"])
 
 

@@ -20,12 +20,13 @@ from matplotlib.text import Text
 
 from reports import figures, stages
 from reports.cli import main
+from reports.compare import load_suites
 from reports.load import CATEGORIES, ReportError, load_suite, records
 from reports.page import FIGURES
 from reports.render import render
 from reports.stats import interval, mean_ci, pareto_front
 from reports.style import METHOD_COLORS, method_styles
-from reports.tables import over_budget_names, summarize
+from reports.tables import display, over_budget_names, summarize
 
 MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,9 +331,10 @@ def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, 
     assert points["fedavg (over budget)"] == pytest.approx([fedavg_peak, 0.86])
     assert next(c for c in ax.containers if c.get_label() == "fedavg (over budget)").lines[0].get_markerfacecolor() \
         == "none"  # hollow: ran over budget
-    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front (within budget)")
     neulite_peak = (3 * MB + MB // 2 + 3 * 4096 + 1024) / MB  # stage 3, device 3, seed 1
-    assert list(front.get_xdata()) == pytest.approx([neulite_peak, fedavg_peak])  # heterofl is dominated
+    # fedavg ran over budget, so it is no achievable trade-off; heterofl is dominated by neulite
+    assert list(front.get_xdata()) == pytest.approx([neulite_peak])
     names = {t.get_gid(): t.get_text() for t in ax.texts}
     assert names == {"name fedavg": "fedavg (over budget)", "name heterofl": "heterofl", "name neulite": "neulite"}
 
@@ -390,7 +392,7 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
                                        for s in (0, 1))
                 for label in ("fedavg", "heterofl", "neulite")}
     assert expected["fedavg"] == pytest.approx(25.2)  # round 4 at 6.0 s and 6.6 s a round on the devices
-    ax = figures.time_to_target(summary, styles, TARGET, "fedavg").axes[0]
+    ax = figures.time_to_target(summary, styles, TARGET).axes[0]
     assert [p.get_width() for p in ax.patches] == pytest.approx(list(expected.values()))
     texts = [t.get_text() for t in ax.texts]
     assert texts == ["×1.00 (reference)", f"×{25.2 / 15.75:.2f}", f"×{25.2 / 23.625:.2f}"]
@@ -600,3 +602,65 @@ def test_the_harness_api_needs_no_hidden_step():
              "cfg = load_suite('suites/quick.toml', ['rounds=1']); print(cfg.methods[0].method)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "fedavg", done.stderr
+
+
+def test_records_without_device_time_read_n_a_not_not_reached(tmp_path):
+    suite_dir = write_suite(tmp_path, labels=("fedavg", "heterofl"), seeds=(0,))
+    for run in ("fedavg-seed0", "heterofl-seed0"):  # as written before the device time model
+        path = suite_dir / run / "rounds.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("device")}) + "\n"
+                                for r in rows))
+    report = render(suite_dir, tmp_path / "out", target=TARGET)
+    rows = table_rows((tmp_path / "out" / "summary.md").read_text())
+    assert rows["heterofl"]["Device time to 73% (s)"] == "n/a"
+    assert any("heterofl: no device time in its records" in note for note in report.notes)
+
+
+def test_partly_reached_times_say_which_interval_they_have(tmp_path):
+    suite = load_suite(write_suite(tmp_path, labels=("heterofl",), seeds=(0, 1, 2)))
+    summary, _ = summarize(suite, 0.78)  # round 5 gives 0.75, 0.77, 0.79: only seed 2 reaches it
+    rows = display(summary, 0.78).set_index("Label")
+    assert rows.loc["heterofl", "Device time to 78% (s)"] == f"{device_time('heterofl', 2, 5):.1f} (1/3 seeds)"
+    summary, _ = summarize(suite, 0.76)  # seeds 1 and 2 reach it at round 5
+    rows = display(summary, 0.76).set_index("Label")
+    times = [device_time("heterofl", s, 5) for s in (1, 2)]
+    assert rows.loc["heterofl", "Device time to 76% (s)"] == (
+        f"{np.mean(times):.1f} ({min(times):.1f}–{max(times):.1f}) (2/3 seeds, min–max range)")
+
+
+def test_clients_dropped_at_the_deadline_are_counted(tmp_path):
+    suite_dir = write_suite(tmp_path, labels=("heterofl",), seeds=(0,))
+    path = suite_dir / "heterofl-seed0" / "clients.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        if row["round"] == 1 and row["device"] == 0:  # one of the 15 selected clients missed the deadline
+            row.update(status="straggler", reason="device time 9.0 s > deadline 5 s")
+            del row["memory"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary, _ = summarize(load_suite(suite_dir), TARGET)
+    assert summary.loc["heterofl", "dropped"] == pytest.approx(1 / 15)
+
+
+def test_compared_suites_keep_their_own_fleet_and_fedavg(tmp_path):
+    tight = write_suite(tmp_path / "a", labels=("fedavg", "heterofl"), seeds=(0,))
+    loose = write_suite(tmp_path / "b", labels=("fedavg", "heterofl"), seeds=(0,))
+    for run in ("fedavg-seed0", "heterofl-seed0"):  # the loose suite's devices have twice the memory
+        path = loose / run / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["fleet"] = [{**d, "budget": 2 * d["budget"]} for d in manifest["fleet"]]
+        path.write_text(json.dumps(manifest))
+    suite = load_suites([tight, loose])  # both named "synthetic": told apart by their folders
+    assert sorted(suite.labels) == ["a/synthetic/fedavg", "a/synthetic/heterofl", "b/synthetic/fedavg",
+                                    "b/synthetic/heterofl"]
+    summary, _ = summarize(suite, TARGET)
+    assert summary.loc["b/synthetic/heterofl", "reference"] == "b/synthetic/fedavg"  # each suite's own
+    styles = method_styles(suite.methods)
+    for style in styles.values():
+        style["name"] = "x"
+    bx = figures.memory_by_method(suite.clients, suite.fleet, styles).axes[1]
+    smallest = 5 * MB / MB  # fedavg's smallest task: 5 MB; 2 of 4 devices fit it, or 3 of 4 with twice the memory
+    for label, share in (("a/synthetic/fedavg", 0.5), ("b/synthetic/fedavg", 0.75)):
+        marker = next(line for line in bx.get_lines() if line.get_gid() == f"fits {label}").get_xydata()[0]
+        assert marker == pytest.approx([share, smallest])
+    assert len([line for line in bx.get_lines() if line.get_gid() == "fleet"]) == 2
