@@ -73,7 +73,6 @@ def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: st
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for label, group in data.groupby("label"):
         plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"])
-    name_overlapping_ends(ax, tolerance=0.004)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     if x == "round":
         round_axis(ax)
