@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -15,6 +15,8 @@ from harness.fleet import FLEETS, MB, Device
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
 from harness.models import MODELS, ModelSpec
+from harness.plugins import PluginError
+from harness.records import RecordsError
 from harness.training import NonFiniteLossError, train_local
 
 
@@ -47,6 +49,8 @@ def memory_tasks(args: argparse.Namespace) -> list[tuple[str, Method, TaskSpec]]
     """(label, method, spec) for full-model training and, with ``--method``, each of its tasks."""
     if args.model not in MODELS:
         raise ConfigError(f"unknown model {args.model!r}; allowed: {', '.join(MODELS.names())}")
+    if args.width > 1:
+        raise ConfigError(f"--width must be in (0, 1], got {args.width}")
     shape = parse_shape(args.input)
     estimator = Estimator(shape, args.classes, args.batch, OptimizerConfig(momentum=args.momentum),
                           args.steps, torch.device("cpu"))
@@ -109,6 +113,20 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a positive int or float, else one clear error."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
     mem = sub.add_parser("memory", help="estimated training peak of a model, by category")
     mem.add_argument("model")
-    mem.add_argument("--batch", type=int, default=32)
+    mem.add_argument("--batch", type=positive(int), default=32)
     mem.add_argument("--input", default="3,32,32", help="C,H,W of one sample (default 3,32,32)")
-    mem.add_argument("--classes", type=int, default=10)
-    mem.add_argument("--width", type=float, default=1.0)
+    mem.add_argument("--classes", type=positive(int), default=10)
+    mem.add_argument("--width", type=positive(float), default=1.0, help="model width in (0, 1]")
     mem.add_argument("--momentum", type=float, default=0.9)
-    mem.add_argument("--steps", type=int, default=2, help="steps simulated (2: optimizer state exists)")
+    mem.add_argument("--steps", type=positive(int), default=2, help="steps simulated (2: optimizer state exists)")
     mem.add_argument("--method", default="fedavg", help="also tabulate this method's tasks (stages, widths)")
     mem.add_argument("--measure", action="store_true",
                      help="also train each task for real and compare with the tracker, RSS and memory-profiler")
@@ -139,9 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError, RecordsError,
+            PluginError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError | DataError | PartitionError) else 1
+        return 2 if isinstance(err, ConfigError | DataError | PartitionError | PluginError) else 1
+    except OSError as err:  # an unwritable, missing or full output folder: records so far are kept
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}; every completed round is recorded", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: every completed round is recorded; continue with --resume", file=sys.stderr)
         return 130

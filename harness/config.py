@@ -7,6 +7,8 @@ of range raises one ``ConfigError`` that names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -234,6 +236,16 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_name(value: str, key: str) -> None:
+    """A suite name or method label becomes a folder name: one path component of safe characters."""
+    _check(bool(SAFE_NAME.fullmatch(value)) and ".." not in value,
+           f"{key}: {value!r} is not a safe folder name; use letters, digits, '.', '_' and '-' "
+           "(starting with a letter or digit, at most 100 characters)")
+
+
 def validate(suite: SuiteConfig) -> None:
     """Ranges and cross-field rules; names are checked against the registries (the method
     registry loads the built-in methods and ``FL_HARNESS_PLUGINS`` itself)."""
@@ -243,21 +255,23 @@ def validate(suite: SuiteConfig) -> None:
 
     for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
+    _check_name(suite.name, "name")
     _check(bool(suite.seeds), "seeds: give at least one seed")
+    _check(all(s >= 0 for s in suite.seeds), f"seeds must be >= 0, got {suite.seeds}")
     _check(len(set(suite.seeds)) == len(suite.seeds), f"seeds: repeated seed in {suite.seeds}")
     _check(suite.data.name in DATASETS, f"data.name: unknown data set {suite.data.name!r}; "
            f"allowed: {', '.join(DATASETS.names())}")
     _check(suite.model.name in MODELS, f"model.name: unknown model {suite.model.name!r}; "
            f"allowed: {', '.join(MODELS.names())}")
     _check(0 < suite.model.width <= 1, f"model.width must be in (0, 1], got {suite.model.width}")
-    _check(suite.data.alpha > 0, f"data.alpha must be positive, got {suite.data.alpha}")
+    _check(0 < suite.data.alpha < math.inf, f"data.alpha must be positive and finite, got {suite.data.alpha}")
     _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
     _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
     validate_fleet(suite.fleet)
     _check(suite.clients_per_round <= suite.fleet.devices or suite.fleet.distribution == "trace",
            f"clients_per_round ({suite.clients_per_round}) exceeds fleet.devices ({suite.fleet.devices})")
-    _check(suite.deadline_s >= 0, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
+    _check(0 <= suite.deadline_s < math.inf, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
     _check(suite.optimizer.lr > 0, f"optimizer.lr must be positive, got {suite.optimizer.lr}")
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
@@ -271,15 +285,23 @@ def validate(suite: SuiteConfig) -> None:
         _check(entry.method in METHODS, f"methods[{i}].method: unknown method {entry.method!r}; "
                f"allowed: {', '.join(METHODS.names())}")
         entry.label = entry.label or entry.method
+        _check_name(entry.label, f"methods[{i}].label")
         _check(entry.label not in labels, f"methods[{i}]: label {entry.label!r} is used twice")
         labels.add(entry.label)
         METHODS[entry.method].parse_params(entry.params, f"methods[{i}] ({entry.label})")
 
 
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 def validate_fleet(fleet: FleetConfig) -> None:
     for key in ("gflops", "up_mbps", "down_mbps"):
         values = getattr(fleet, key)
-        _check(bool(values) and all(v > 0 for v in values), f"fleet.{key}: give positive values, got {values}")
+        _check(bool(values) and all(0 < v < math.inf for v in values),
+               f"fleet.{key}: give positive, finite values, got {values}")
+    _check(_finite(fleet.low_mb, fleet.high_mb, fleet.median_mb, fleet.sigma, *fleet.tiers_mb),
+           "fleet: budgets must be finite numbers of MB")
     if fleet.distribution == "trace":
         _check(bool(fleet.trace), "fleet.trace: give the CSV file of device budgets")
         return

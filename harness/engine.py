@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
-from harness.data import Batches, DataBundle, load_data, partition, partition_report
+from harness.data import Batches, DataBundle, PartitionError, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
 from harness.fleet import MB, Device, build_fleet
 from harness.memory import MemoryReport
@@ -29,9 +31,19 @@ from harness.methods import (
     over_budget,
 )
 from harness.models import ModelSpec
-from harness.records import RunWriter, device_name, git_commit, now, versions, write_json
+from harness.records import (
+    RecordsError,
+    RunWriter,
+    SuiteLock,
+    device_name,
+    git_commit,
+    now,
+    read_json_file,
+    versions,
+    write_json,
+)
 from harness.summary import format_table, summary_rows
-from harness.training import evaluate, train_local
+from harness.training import NonFiniteLossError, evaluate, train_local
 
 Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
@@ -76,10 +88,10 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
     for position, device in enumerate(fleet):
         choice = method.choose(rnd, device)
         if isinstance(choice, Excluded):
-            estimate = method.estimate(choice.spec) if choice.spec is not None else None
+            estimate = method.estimate(choice.spec, device) if choice.spec is not None else None
             candidates.append(Candidate(device, position, choice.spec, estimate, choice.reason))
             continue
-        estimate = method.estimate(choice)
+        estimate = method.estimate(choice, device)
         reason = ""
         if method.respects_budgets and estimate.peak > device.budget:
             reason = over_budget(device, choice, estimate.peak)
@@ -119,7 +131,7 @@ class Run:
         input_shape = tuple(data.train_x.shape[1:])
         spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
         estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
-                              cfg.measure.steps, device)
+                              cfg.measure.steps, device, cfg.local_epochs)
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
                   for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
@@ -148,15 +160,26 @@ class Run:
             "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes),
         }
 
+    def check(self, resume: bool) -> int:
+        """Before anything is written: whether this run may start or continue. Returns the last
+        round its checkpoint covers (0 for a new run)."""
+        if not self.writer.has_records():
+            return 0
+        if not resume:
+            raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
+                                 "continue it, or choose another --out")
+        self.check_same_config()
+        checkpoint = self.writer.load_checkpoint()
+        done = 0 if checkpoint is None else checkpoint["round"]
+        self.writer.check_whole(done, len(self.fleet))
+        return done
+
     def execute(self, resume: bool) -> None:
         first, clock = 1, Clock()
         if not self.writer.has_records():
             self.writer.write_manifest(self.manifest())
-        elif not resume:
-            raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
-                                 "continue it, or choose another --out")
         else:
-            self.check_same_config()
+            self.check(resume)
             checkpoint = self.writer.load_checkpoint()
             done = 0 if checkpoint is None else checkpoint["round"]
             if checkpoint is not None:
@@ -217,6 +240,10 @@ class Run:
             self.method.calibrate(self.calibration)
         evals = {name: evaluate(model, self.test) if model is not None else (None, None)
                  for name, model in self.method.eval_models().items()}
+        for name, (_, loss) in evals.items():
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLossError(f"{self.tag} round {rnd}: the {name} model's evaluation loss is {loss}; "
+                                         "training diverged (every earlier round is recorded): lower optimizer.lr")
         round_time = time.perf_counter() - start
         device_round = round_device_time(times, self.cfg.deadline_s, stragglers)
         clock.wall += round_time
@@ -231,8 +258,8 @@ class Run:
     def device_time(self, c: Candidate) -> DeviceTime:
         """The candidate's round on its device: known before it trains, from the task's cost."""
         samples = len(self.parts[c.position])
-        return client_time(c.device, self.method.cost(c.spec), self.method.flops_per_sample(c.spec), samples,
-                           self.cfg.local_epochs)
+        return client_time(c.device, self.method.cost(c.spec, c.device), self.method.flops_per_sample(c.spec),
+                           samples, self.cfg.local_epochs)
 
     def train_client(self, rnd: int, c: Candidate) -> ClientResult:
         torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
@@ -295,9 +322,32 @@ def suite_folder(cfg: SuiteConfig, out: str | Path | None) -> Path:
     return Path(out or cfg.out) / cfg.name
 
 
+def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry, int, str]],
+                   resume: bool) -> dict[str, Any]:
+    """suite.json's content. A resume may add seeds and methods, never drop a run the suite already
+    had: runs and config of the earlier suite.json are kept beside the new ones."""
+    listed = [{"label": e.label, "method": e.method, "seed": s, "dir": d} for e, s, d in runs]
+    config = to_dict(cfg)
+    earlier = read_json_file(folder / "suite.json") if resume else {}
+    if earlier:
+        dirs = {r["dir"] for r in listed}
+        listed = [r for r in earlier.get("runs", []) if r.get("dir") not in dirs] + listed
+        old = earlier.get("config", {})
+        config["seeds"] = sorted({*old.get("seeds", []), *config["seeds"]})
+        labels = {m["label"] for m in config["methods"]}
+        config["methods"] = [m for m in old.get("methods", []) if m.get("label") not in labels] + config["methods"]
+        config["rounds"] = max(old.get("rounds", 0), config["rounds"])
+    return {"suite": cfg.name, "config": config, "versions": versions(), "git_commit": git_commit(),
+            "started": earlier.get("started", now()), "runs": listed}
+
+
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
               log: Log = print) -> Path:
-    """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder."""
+    """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder.
+
+    Every run is built (data, fleet, partition, method) and, on resume, checked against its records
+    before anything is written, so a config error found by a method or a refused resume leaves no
+    trace; one process at a time writes the folder."""
     folder = suite_folder(cfg, out)
     device = resolve_device(cfg.device)
     deterministic_kernels()
@@ -305,15 +355,24 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         raise RunExistsError(f"{folder} already holds a suite run; pass --resume to continue it, "
                              "or choose another --out")
     data = load_data(cfg.data)
-    folder.mkdir(parents=True, exist_ok=True)
     runs = [(entry, seed, f"{entry.label}-seed{seed}") for entry in cfg.methods for seed in cfg.seeds]
-    write_json(folder / "suite.json", {
-        "suite": cfg.name, "config": to_dict(cfg), "versions": versions(), "git_commit": git_commit(),
-        "started": now(), "runs": [{"label": e.label, "method": e.method, "seed": s, "dir": d} for e, s, d in runs],
-    })
-    log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
-        f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
-    for entry, seed, name in runs:
-        Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RecordsError(f"cannot create the suite folder {folder}: {err.strerror or err}") from None
+    try:
+        with SuiteLock(folder):
+            for entry, seed, name in runs:  # everything that can be refused is refused here
+                Run(cfg, entry, seed, data, device, folder / name, log).check(resume)
+            write_json(folder / "suite.json", suite_manifest(cfg, folder, runs, resume))
+            log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
+                f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
+            for entry, seed, name in runs:
+                Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
+    except (ConfigError, PartitionError, RunExistsError, RecordsError):
+        if created and not (folder / "suite.json").exists():  # refused before a record: leave nothing
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

@@ -72,6 +72,14 @@ def lognormal(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
 TRACE_COLUMNS = "device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @FLEETS.register("trace")
 def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     """``device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]`` per line (missing speeds: the config's
@@ -86,16 +94,17 @@ def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
             if line_no == 1 and "speed" in (c.strip() for c in row):
                 raise ConfigError(f"fleet.trace: {path}: the third column is now gflops (GFLOP/s), not a "
                                   f"relative speed; columns: {TRACE_COLUMNS}")
-            if not row or row[0].strip().startswith("#") or (line_no == 1 and not row[0].strip().isdigit()):
-                continue
+            if not row or row[0].strip().startswith("#") or (line_no == 1 and not _is_number(row[0])):
+                continue  # a comment, or the header line
             try:
                 gflops, up, down = (float(v) if v.strip() else d for v, d in zip(row[2:] + [""] * 3, defaults))
                 device = Device(int(row[0]), int(float(row[1]) * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
             except (ValueError, IndexError):
                 raise ConfigError(f"fleet.trace: {path}:{line_no}: expected {TRACE_COLUMNS}, "
                                   f"got {','.join(row)!r}") from None
-            if min(device.budget, device.flops, device.up, device.down) <= 0:
-                raise ConfigError(f"fleet.trace: {path}:{line_no}: memory and speeds must be positive")
+            if device.id < 0 or min(device.budget, device.flops, device.up, device.down) <= 0:
+                raise ConfigError(f"fleet.trace: {path}:{line_no}: device ids must be >= 0 and memory and "
+                                  "speeds positive")
             devices.append(device)
     if not devices:
         raise ConfigError(f"fleet.trace: {path} lists no device")

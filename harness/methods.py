@@ -63,16 +63,24 @@ class Estimator:
     tensors, no compute)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
-                 optimizer: OptimizerConfig, steps: int, device: torch.device) -> None:
+                 optimizer: OptimizerConfig, steps: int, device: torch.device, epochs: int = 1) -> None:
         self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
-        self.optimizer, self.steps, self.device = optimizer, steps, device
+        self.optimizer, self.steps, self.device, self.epochs = optimizer, steps, device, epochs
         self._cache: dict[Any, TaskCost] = {}
 
-    def __call__(self, key: Any, build_task: Callable[[], Task]) -> TaskCost:
-        if key not in self._cache:
-            self._cache[key] = estimate_task(build_task, self.input_shape, self.num_classes,
-                                             self.batch_size, self.optimizer, self.steps, self.device)
-        return self._cache[key]
+    def shape_for(self, samples: int | None) -> tuple[int, int]:
+        """(batch, steps) that a client of ``samples`` samples is measured at: a client smaller than
+        a batch trains batches of all its samples, and perhaps fewer steps than are measured."""
+        if samples is None or samples >= self.batch_size:
+            return self.batch_size, self.steps
+        return samples, min(self.steps, self.epochs)
+
+    def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
+        batch, steps = self.shape_for(samples)
+        if (key, batch, steps) not in self._cache:
+            self._cache[key, batch, steps] = estimate_task(build_task, self.input_shape, self.num_classes, batch,
+                                                           self.optimizer, steps, self.device)
+        return self._cache[key, batch, steps]
 
 
 @dataclass
@@ -89,6 +97,11 @@ class MethodContext:
     estimator: Estimator
     client_labels: dict[int, list[int]] = field(default_factory=dict)  # device id -> label histogram
     rounds: int = 1  # the run's rounds, for schedules over the run (a resume that adds rounds changes it)
+
+    def samples(self, device: Device | None) -> int | None:
+        """How many samples a device's client holds (None: not known, as in ``harness memory``)."""
+        labels = self.client_labels.get(device.id) if device is not None else None
+        return sum(labels) if labels else None
 
     def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
         return build_model(self.model, self.width * width, norm_layer)
@@ -124,13 +137,14 @@ class Method(ABC):
     def choose(self, rnd: int, device: Device) -> TaskSpec | Excluded:
         """What ``device`` would train in round ``rnd`` (or why it cannot take part)."""
 
-    def cost(self, spec: TaskSpec) -> TaskCost:
-        """What ``spec`` costs a client: its training peak, FLOPs per sample and bytes exchanged."""
+    def cost(self, spec: TaskSpec, device: Device | None = None) -> TaskCost:
+        """What ``spec`` costs a client (of ``device``: at the batch it can form): its training
+        peak, FLOPs per sample and bytes exchanged."""
         return self.ctx.estimator((type(self).__name__, self.params_key(), spec),
-                                  lambda: self.build_task(spec))
+                                  lambda: self.build_task(spec), self.ctx.samples(device))
 
-    def estimate(self, spec: TaskSpec) -> MemoryReport:
-        return self.cost(spec).memory
+    def estimate(self, spec: TaskSpec, device: Device | None = None) -> MemoryReport:
+        return self.cost(spec, device).memory
 
     def flops_per_sample(self, spec: TaskSpec) -> float:
         """FLOPs per sample of a training step of ``spec``, as the device time model counts them;
@@ -144,7 +158,7 @@ class Method(ABC):
         """The first of ``specs`` (ordered largest first) whose estimate fits the device's budget."""
         smallest = None
         for spec in specs:
-            need = self.estimate(spec).peak
+            need = self.estimate(spec, device).peak
             if need <= device.budget:
                 return spec
             smallest = (spec, need)

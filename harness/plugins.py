@@ -14,9 +14,17 @@ import os
 BUILTIN = ("baselines", "neulite")
 
 
+class PluginError(RuntimeError):
+    """A method module that does not import (or registers a name twice)."""
+
+
 def load_plugins() -> None:
     extra = [m.strip() for m in os.environ.get("FL_HARNESS_PLUGINS", "").split(",") if m.strip()]
     for name in (*BUILTIN, *extra):
         if name in BUILTIN and importlib.util.find_spec(name) is None:
             continue
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # whatever the module raises: one line naming it
+            source = "FL_HARNESS_PLUGINS" if name in extra else "built-in methods"
+            raise PluginError(f"{source}: cannot import {name!r}: {type(err).__name__}: {err}") from None

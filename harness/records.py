@@ -18,6 +18,43 @@ from typing import Any
 import torch
 
 MANIFEST, ROUNDS, CLIENTS, CHECKPOINT = "manifest.json", "rounds.jsonl", "clients.jsonl", "checkpoint.pt"
+LOCK = ".lock"
+
+
+class RecordsError(RuntimeError):
+    """Records that cannot be continued as they are (torn, missing, corrupt, or in use)."""
+
+
+class SuiteLock:
+    """One writer per suite folder: an exclusive OS lock on ``folder/.lock`` for the whole run, so
+    a second process (a concurrent run, a ``--resume`` started meanwhile) is refused instead of
+    doubling rounds. The OS drops the lock when its holder dies, so a stale lock is taken over."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self._file = None
+
+    def __enter__(self) -> SuiteLock:
+        import fcntl
+
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RecordsError(f"another harness process (pid {holder}) is writing {self.path.parent}; wait "
+                               "for it to finish or choose another --out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
 
 
 def now() -> str:
@@ -48,6 +85,23 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _rounds(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:5])) + (f" (and {len(numbers) - 5} more)" if len(numbers) > 5 else "")
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` ({} when the file is missing); one clear error when it does not parse."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordsError(f"{path} does not parse ({err}); fix or remove it, or choose another --out") from None
+    if not isinstance(data, dict):
+        raise RecordsError(f"{path} is not a JSON object; fix or remove it, or choose another --out")
+    return data
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete lines only: a torn last line (a killed writer) is skipped."""
     if not path.exists():
@@ -66,7 +120,6 @@ class RunWriter:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -76,11 +129,11 @@ class RunWriter:
         return any((self.folder / name).exists() for name in (ROUNDS, CLIENTS, CHECKPOINT))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         write_json(self.folder / MANIFEST, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
-        path = self.folder / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_json_file(self.folder / MANIFEST)
 
     def append_round(self, round_record: dict[str, Any], client_records: list[dict[str, Any]]) -> None:
         self._append(CLIENTS, client_records)
@@ -101,7 +154,33 @@ class RunWriter:
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated or foreign file: pickle, zip and EOF errors alike
+            raise RecordsError(f"{self.checkpoint_path} does not load ({type(err).__name__}: {err}); the run "
+                               "cannot be resumed: rerun it with another --out") from None
+        if not isinstance(state, dict) or "round" not in state:
+            raise RecordsError(f"{self.checkpoint_path} is not a harness checkpoint; rerun with another --out")
+        return state
+
+    def check_whole(self, done: int, devices: int) -> None:
+        """Every round up to the checkpoint's must be in both files, whole: one round line and one
+        line per device each. A gap (a torn line, a deleted file) cannot be redone from this
+        checkpoint, so the resume is refused, naming what is missing."""
+        rounds = read_jsonl(self.folder / ROUNDS)
+        clients = read_jsonl(self.folder / CLIENTS)
+        have = [r.get("round") for r in rounds if r.get("round", done + 1) <= done]
+        per_round = {}
+        for c in clients:
+            per_round[c.get("round")] = per_round.get(c.get("round"), 0) + 1
+        missing = [r for r in range(1, done + 1) if have.count(r) != 1]
+        short = [r for r in range(1, done + 1) if per_round.get(r, 0) != devices]
+        if missing or short:
+            what = (f"round lines {_rounds(missing)} in {ROUNDS}" if missing else "") + \
+                   (" and " if missing and short else "") + \
+                   (f"client lines of rounds {_rounds(short)} in {CLIENTS}" if short else "")
+            raise RecordsError(f"cannot resume {self.folder}: its checkpoint covers round {done} but {what} are "
+                               "missing or torn; rerun it with another --out")
 
     def truncate_after(self, last_round: int) -> None:
         """Keep only complete lines of rounds ``<= last_round`` (the checkpoint's)."""

@@ -53,6 +53,8 @@ class NeuLiteParams:
             raise ValueError("stage_rounds and sequential_rounds must be at least 1")
         if self.movement_threshold < 0 or self.movement_window < 1:
             raise ValueError("movement_threshold must be >= 0 and movement_window >= 1")
+        if self.schedule == "cyclic" and (self.stage_rounds or self.movement_threshold):
+            raise ValueError("stage_rounds and movement_threshold apply to schedule = 'sequential' only")
 
     def lambdas(self, num_stages: int) -> list[tuple[float, float]]:
         """(λ1, λ2) of every stage; zeros when the mentor is off."""

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import pytest
 
 from harness.config import SuiteConfig, suite_from_dict
 from harness.plugins import load_plugins
+from harness.records import read_jsonl
 
 load_plugins()
 
@@ -71,3 +76,41 @@ def cifar_root(tmp_path_factory) -> Path:
     with tarfile.open(SHARED_CIFAR) as tar:
         tar.extractall(target, filter="data")
     return next(p.parent for p in target.rglob("train") if p.is_dir())
+
+
+def write_toml(path, rounds: int) -> None:
+    path.write_text(f"""
+name = "killme"
+rounds = {rounds}
+clients_per_round = 4
+batch_size = 16
+seeds = [0]
+device = "cpu"
+[data]
+name = "synthetic"
+synthetic_samples = 400
+[model]
+name = "cnn"
+width = 0.25
+[fleet]
+devices = 6
+low_mb = 0.2
+high_mb = 2.0
+[[methods]]
+method = "exclusive"
+""")
+
+
+def start(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rounds(path, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(read_jsonl(path)) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run never reached round {n}: {proc.communicate()}")

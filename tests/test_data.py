@@ -76,8 +76,10 @@ def test_impossible_partitions_say_why():
         partition(labels, 10, DataConfig(partition="iid"), 0)
     with pytest.raises(PartitionError, match="shards"):
         partition(labels, 4, DataConfig(partition="shards", shards_per_client=2), 0)
-    with pytest.raises(PartitionError, match="raise alpha"):
+    with pytest.raises(PartitionError, match="need 8 samples; the training set has 5"):  # before any draw
         partition(labels, 4, DataConfig(partition="dirichlet", alpha=0.01, min_samples=2), 0)
+    with pytest.raises(PartitionError, match="raise alpha"):
+        partition(torch.arange(40) % 2, 4, DataConfig(partition="dirichlet", alpha=0.001, min_samples=2), 0)
 
 
 def test_batches_normalise_shuffle_and_cover():
@@ -118,7 +120,7 @@ def write_folder(root, sizes=(6, 6)):
                 Image.fromarray(rng.integers(0, 255, (*sizes, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
 
 
-def test_imagefolder_decodes_once_into_a_cache(tmp_path):
+def test_imagefolder_decodes_once_into_a_cache(tmp_path, monkeypatch):
     write_folder(tmp_path)
     cfg = DataConfig(name="imagefolder", root=str(tmp_path))
     data = load_data(cfg)
@@ -128,8 +130,12 @@ def test_imagefolder_decodes_once_into_a_cache(tmp_path):
     assert torch.equal(data.train_x[4], torch.from_numpy(np.array(original)).permute(2, 0, 1))
     caches = list((tmp_path / ".harness-cache").glob("*.pt"))
     assert len(caches) == 1
-    for png in tmp_path.rglob("*.png"):  # a second load reads the cache, not the files
-        png.unlink()
+    import harness.data.datasets as datasets
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(datasets, "_decode_folder", no_decoding)  # a second load reads the cache
     assert torch.equal(load_data(cfg).train_x, data.train_x)
 
 

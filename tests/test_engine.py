@@ -1,15 +1,10 @@
 """The round loop end to end: records, the memory gate, determinism, resume, bad runs."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, tiny_suite
+from conftest import start, tiny_suite, write_toml
 
 from harness.config import ConfigError
 from harness.engine import RunExistsError, run_suite
@@ -169,74 +164,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_records(tmp_path, quiet, 
         run_suite(cfg, tmp_path, log=quiet)
     rounds = read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")
     assert 1 <= len(rounds) < 5 and [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
-
-
-def write_toml(path, rounds: int) -> None:
-    path.write_text(f"""
-name = "killme"
-rounds = {rounds}
-clients_per_round = 4
-batch_size = 16
-seeds = [0]
-device = "cpu"
-[data]
-name = "synthetic"
-synthetic_samples = 400
-[model]
-name = "cnn"
-width = 0.25
-[fleet]
-devices = 6
-low_mb = 0.2
-high_mb = 2.0
-[[methods]]
-method = "exclusive"
-""")
-
-
-def start(args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_rounds(path, n, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists() and len(read_jsonl(path)) >= n:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run never reached round {n}: {proc.communicate()}")
-
-
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
-    suite = tmp_path / "s.toml"
-    write_toml(suite, rounds=40)
-    run_dir = tmp_path / "out" / "killme" / "exclusive-seed0"
-    proc = start([str(suite), "--out", "out"], tmp_path)
-    wait_for_rounds(run_dir / "rounds.jsonl", 3, proc)
-    proc.send_signal(how)
-    _, err = proc.communicate(timeout=60)
-    if how == signal.SIGINT:
-        assert proc.returncode == 130 and "continue with --resume" in err
-    done = len(read_jsonl(run_dir / "rounds.jsonl"))
-    assert 3 <= done < 40
-    resumed = start([str(suite), "--out", "out", "--resume"], tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert "resuming after round" in out
-
-    straight = start([str(suite), "--out", "ref"], tmp_path)
-    assert straight.wait(timeout=300) == 0
-    ref_dir = tmp_path / "ref" / "killme" / "exclusive-seed0"
-    for name in ("rounds.jsonl", "clients.jsonl"):
-        got, want = read_jsonl(run_dir / name), read_jsonl(ref_dir / name)
-        assert [r["round"] for r in got] == [r["round"] for r in want]
-        assert without_times(got) == without_times(want)
-    a = torch.load(run_dir / CHECKPOINT)["method"]["model"]
-    b = torch.load(ref_dir / CHECKPOINT)["method"]["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_input_from_the_command_line(tmp_path):

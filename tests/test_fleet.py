@@ -50,8 +50,8 @@ def test_speeds_are_drawn_per_device_without_moving_the_budgets():
 
 @pytest.mark.parametrize(("text", "match"), [
     ("1,abc\n", "expected device_id,memory_mb"),
-    ("1,-5\n", "must be positive"),
-    ("1,5,-2\n", "must be positive"),
+    ("1,-5\n", "speeds positive"),
+    ("1,5,-2\n", "speeds positive"),
     ("device_id,memory_mb,speed\n1,5,1.0\n", "now gflops"),
     ("1,5\n1,6\n", "repeats"),
     ("device_id,memory_mb\n", "lists no device"),

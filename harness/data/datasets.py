@@ -142,18 +142,30 @@ def cifar100(cfg: DataConfig) -> DataBundle:
     return _torchvision_cifar(cfg, "cifar100", "CIFAR100", 100)
 
 
-def _decode_folder(folder: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
+def _class_files(folder: Path, classes: list[str]) -> dict[str, list[Path]]:
+    """Each class folder's files (sorted); an empty class folder is an error, not a class with no data."""
+    files = {cls: sorted(p for p in (folder / cls).iterdir() if p.is_file() and not p.name.startswith("."))
+             for cls in classes}
+    empty = [cls for cls, paths in files.items() if not paths]
+    if empty:
+        raise DataError(f"imagefolder: {folder} has empty class folders: {', '.join(empty)}")
+    return files
+
+
+def _decode_folder(folder: Path, files: dict[str, list[Path]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
 
     images, labels = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).iterdir() if p.is_file())
-        for path in files:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if size:
-                    img = img.resize((size, size), Image.BILINEAR)
-                images.append(np.asarray(img))
+    for label, paths in enumerate(files.values()):
+        for path in paths:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    if size:
+                        img = img.resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(img))
+            except (UnidentifiedImageError, OSError) as err:
+                raise DataError(f"imagefolder: {path} is not a readable image ({err})") from None
             labels.append(label)
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
@@ -171,17 +183,27 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
         if not d.is_dir():
             raise DataError(f"imagefolder: {d} is missing; expected {root}/train/<class>/ and "
                             f"{root}/test/<class>/")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"imagefolder: no class folders in {train_dir}")
+    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if test_classes != classes:
+        missing, extra = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
+        raise DataError(f"imagefolder: {test_dir} must hold the classes of {train_dir}"
+                        + (f"; missing: {', '.join(missing)}" if missing else "")
+                        + (f"; not in train: {', '.join(extra)}" if extra else ""))
+    train_files, test_files = _class_files(train_dir, classes), _class_files(test_dir, classes)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else root / ".harness-cache"
-    key = hashlib.sha256(f"{root.resolve()}|{cfg.image_size}|{classes}".encode()).hexdigest()[:16]
-    cache = cache_dir / f"imagefolder-{key}.pt"
+    listing = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+               for files in (train_files, test_files) for paths in files.values() for p in paths
+               for st in (p.stat(),)]
+    key = hashlib.sha256(f"{root.resolve()}|{cfg.image_size}|{classes}|{listing}".encode()).hexdigest()[:16]
+    cache = cache_dir / f"imagefolder-{key}.pt"  # any file added, removed or changed: another key
     if cache.exists():
         blob = torch.load(cache)
     else:
-        train_x, train_y = _decode_folder(train_dir, classes, cfg.image_size)
-        test_x, test_y = _decode_folder(test_dir, classes, cfg.image_size)
+        train_x, train_y = _decode_folder(train_dir, train_files, cfg.image_size)
+        test_x, test_y = _decode_folder(test_dir, test_files, cfg.image_size)
         blob = {"train": (train_x, train_y), "test": (test_x, test_y), "classes": classes}
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")

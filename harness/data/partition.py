@@ -25,19 +25,32 @@ def iid(labels: torch.Tensor, clients: int, cfg: DataConfig, g: torch.Generator)
     return [chunk.sort().values for chunk in perm.tensor_split(clients)]
 
 
+MAX_DRAWS = 200
+
+
+def dirichlet_proportions(alpha: float, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` proportions ~ Dir(alpha), exact at any alpha > 0: a Gamma(alpha) draw is
+    Gamma(alpha + 1) * U^(1/alpha), so its logarithm is computed without underflow (at alpha = 1e-6
+    U^(1/alpha) is below any float's range) and normalised in log space."""
+    boosted = torch._standard_gamma(torch.full((n,), alpha + 1.0, dtype=torch.float64), generator=g)
+    log_gamma = boosted.log() + torch.rand(n, generator=g, dtype=torch.float64).log() / alpha
+    return torch.softmax(log_gamma, 0)
+
+
 @PARTITIONS.register("dirichlet")
 def dirichlet(labels: torch.Tensor, clients: int, cfg: DataConfig, g: torch.Generator) -> list[torch.Tensor]:
-    """Each class is spread over clients by proportions ~ Dir(alpha); redrawn until every client
-    holds at least ``cfg.min_samples`` samples (Hsu et al. 2019)."""
+    """Each class is spread over clients by proportions ~ Dir(alpha); redrawn (at most ``MAX_DRAWS``
+    times) until every client holds at least ``cfg.min_samples`` samples (Hsu et al. 2019)."""
+    if clients * cfg.min_samples > len(labels):
+        raise PartitionError(f"{clients} clients of at least {cfg.min_samples} samples need "
+                             f"{clients * cfg.min_samples} samples; the training set has {len(labels)}")
     num_classes = int(labels.max()) + 1
-    concentration = torch.full((clients,), float(cfg.alpha))
-    for _ in range(1000):
+    for _ in range(MAX_DRAWS):
         parts: list[list[torch.Tensor]] = [[] for _ in range(clients)]
         for c in range(num_classes):
             idx = torch.nonzero(labels == c).flatten()
             idx = idx[torch.randperm(len(idx), generator=g)]
-            proportions = torch._standard_gamma(concentration, generator=g)
-            proportions = proportions / proportions.sum()
+            proportions = dirichlet_proportions(cfg.alpha, clients, g)
             cuts = (proportions.cumsum(0) * len(idx)).round().long()[:-1].tolist()
             for client, chunk in enumerate(idx.tensor_split(cuts)):
                 parts[client].append(chunk)
@@ -45,7 +58,8 @@ def dirichlet(labels: torch.Tensor, clients: int, cfg: DataConfig, g: torch.Gene
         if min(len(r) for r in result) >= cfg.min_samples:
             return result
     raise PartitionError(f"Dirichlet(alpha={cfg.alpha}) left a client with fewer than "
-                         f"{cfg.min_samples} samples in 1000 draws; raise alpha or lower data.min_samples")
+                         f"{cfg.min_samples} samples in {MAX_DRAWS} draws; raise alpha, lower "
+                         "data.min_samples or use fewer devices")
 
 
 @PARTITIONS.register("shards")

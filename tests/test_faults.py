@@ -1,0 +1,379 @@
+"""Records that cannot be corrupted, and bad input that gets one clear line (docs/records.md).
+
+Real runs are killed at random moments and at the exact points where records are written; two
+writers, torn or deleted records, unsafe names, stale caches and late errors are each tried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import start, tiny_raw, tiny_suite, wait_for_rounds, write_toml
+from PIL import Image
+
+from harness.cli import main
+from harness.config import ConfigError, DataConfig, suite_from_dict
+from harness.data import PartitionError, load_data, partition
+from harness.data.datasets import DataError
+from harness.engine import run_suite
+from harness.records import CHECKPOINT, RecordsError, RunWriter, SuiteLock, read_jsonl
+
+TIMING = {"train_time", "round_time", "wall_time"}
+
+
+def without_times(rows):
+    out = []
+    for row in rows:
+        row = {k: v for k, v in row.items() if k not in TIMING}
+        if "memory" in row:  # the process RSS is not a property of the run
+            row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
+        out.append(row)
+    return out
+
+
+def records(folder):
+    return read_jsonl(folder / "rounds.jsonl"), read_jsonl(folder / "clients.jsonl")
+
+
+# ---- killed runs ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=40)
+    run_dir = tmp_path / "out" / "killme" / "exclusive-seed0"
+    proc = start([str(suite), "--out", "out"], tmp_path)
+    wait_for_rounds(run_dir / "rounds.jsonl", 3, proc)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "continue with --resume" in err
+    done = len(read_jsonl(run_dir / "rounds.jsonl"))
+    assert 3 <= done < 40
+    resumed = start([str(suite), "--out", "out", "--resume"], tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after round" in out
+
+    straight = start([str(suite), "--out", "ref"], tmp_path)
+    assert straight.wait(timeout=300) == 0
+    ref_dir = tmp_path / "ref" / "killme" / "exclusive-seed0"
+    for name in ("rounds.jsonl", "clients.jsonl"):
+        got, want = read_jsonl(run_dir / name), read_jsonl(ref_dir / name)
+        assert [r["round"] for r in got] == [r["round"] for r in want]
+        assert without_times(got) == without_times(want)
+    a = torch.load(run_dir / CHECKPOINT)["method"]["model"]
+    b = torch.load(ref_dir / CHECKPOINT)["method"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+
+@pytest.mark.parametrize("point", ["half the client lines", "half the round line", "the checkpoint"])
+def test_a_run_killed_at_a_write_point_resumes_to_the_same_records(tmp_path, quiet, monkeypatch, point):
+    """Round 2's records are cut at the given point, as a kill would leave them; the resume redoes
+    round 2 and ends with the records and weights of an uninterrupted run."""
+    cfg = tiny_suite(rounds=3)
+    run_suite(cfg, tmp_path / "ref", log=quiet)
+    real_append, real_save = RunWriter._append, RunWriter.save_checkpoint
+
+    def append(self, name, rows):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        cut = {"half the client lines": "clients.jsonl", "half the round line": "rounds.jsonl"}.get(point)
+        if rows and rows[0]["round"] == 2 and name == cut:
+            with (self.folder / name).open("a") as f:
+                f.write(text[: len(text) // 2])
+            raise KeyboardInterrupt
+        real_append(self, name, rows)
+
+    def save(self, state):
+        if state["round"] == 2 and point == "the checkpoint":
+            self.checkpoint_path.with_suffix(".tmp").write_bytes(b"\x80half a pickle")
+            raise KeyboardInterrupt
+        real_save(self, state)
+
+    monkeypatch.setattr(RunWriter, "_append", append)
+    monkeypatch.setattr(RunWriter, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(cfg, tmp_path / "cut", log=quiet)
+    monkeypatch.undo()
+    run_suite(cfg, tmp_path / "cut", resume=True, log=quiet)
+    got, want = tmp_path / "cut" / "tiny" / "fedavg-seed0", tmp_path / "ref" / "tiny" / "fedavg-seed0"
+    for a, b in zip(records(got), records(want), strict=True):
+        assert without_times(a) == without_times(b)
+    x, y = torch.load(got / CHECKPOINT)["method"]["model"], torch.load(want / CHECKPOINT)["method"]["model"]
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+# ---- 1: partitions at any alpha ------------------------------------------------------------------
+
+def test_a_tiny_dirichlet_alpha_puts_each_class_on_one_client():
+    """Before: at alpha 1e-4 the gamma draws underflowed and the split came out near-IID (8 of 10
+    classes per client). Now each class sits (almost) whole on one client."""
+    labels = torch.arange(1000) % 10
+    parts = partition(labels, 4, DataConfig(alpha=1e-4, min_samples=1), 3)
+    for c in range(10):
+        shares = sorted((labels[p] == c).sum().item() for p in parts)
+        assert shares[-1] >= 99  # of the class's 100 samples
+    assert sum(len(torch.unique(labels[p])) for p in parts) <= 12
+
+
+def test_an_infeasible_partition_is_refused_before_any_draw():
+    labels = load_data(DataConfig()).train_y
+    t = time.perf_counter()
+    for devices in (5_000, 10_000_000):
+        with pytest.raises(PartitionError, match="the training set has 1438"):
+            partition(labels, devices, DataConfig(), 0)
+    assert time.perf_counter() - t < 1.0
+
+
+# ---- 2: one writer per suite folder ----------------------------------------------------------------
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, quiet):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    with SuiteLock(folder):
+        for resume in (False, True):
+            with pytest.raises(RecordsError, match=rf"another harness process \(pid {os.getpid()}\)"):
+                run_suite(tiny_suite(rounds=1), tmp_path, resume=resume, log=quiet)
+    assert not (folder / "suite.json").exists()
+    (folder / ".lock").write_text("999999")  # left by a process that died: no OS lock is held
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    assert len(read_jsonl(folder / "fedavg-seed0" / "rounds.jsonl")) == 1
+
+
+# ---- 3, 5: a resume writes nothing it refuses, and drops no run ------------------------------------
+
+def test_a_refused_resume_leaves_suite_json_as_it_was(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    before = (tmp_path / "tiny" / "suite.json").read_text()
+    with pytest.raises(ConfigError, match="another config"):
+        run_suite(tiny_suite(rounds=1, data={"alpha": 0.05}), tmp_path, resume=True, log=quiet)
+    assert (tmp_path / "tiny" / "suite.json").read_text() == before
+
+
+def test_a_resume_with_other_seeds_keeps_the_finished_ones(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    run_suite(tiny_suite(rounds=1, seeds=[1]), tmp_path, resume=True, log=quiet)
+    suite = json.loads((tmp_path / "tiny" / "suite.json").read_text())
+    assert [r["dir"] for r in suite["runs"]] == ["fedavg-seed0", "fedavg-seed1"]
+    assert suite["config"]["seeds"] == [0, 1]
+    from reports.load import load_suite
+
+    assert sorted(load_suite(tmp_path / "tiny").rounds["seed"].unique()) == [0, 1]
+
+
+# ---- 4: records checked against the checkpoint -----------------------------------------------------
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("torn round line", r"round lines 2 in rounds.jsonl"),
+    ("deleted rounds", r"round lines 1, 2, 3 in rounds.jsonl"),
+    ("deleted clients", r"client lines of rounds 1, 2, 3 in clients.jsonl"),
+])
+def test_records_missing_below_the_checkpoint_refuse_the_resume(tmp_path, quiet, damage, message):
+    run_suite(tiny_suite(rounds=3), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    if damage == "torn round line":
+        lines = (run / "rounds.jsonl").read_text().splitlines(True)
+        lines[1] = lines[1][: len(lines[1]) // 2] + "\n"
+        (run / "rounds.jsonl").write_text("".join(lines))
+    else:
+        (run / ("rounds.jsonl" if damage == "deleted rounds" else "clients.jsonl")).unlink()
+    with pytest.raises(RecordsError, match=message + " are missing or torn"):
+        run_suite(tiny_suite(rounds=4), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(run / "clients.jsonl")) in (0, 18)  # nothing rewritten
+
+
+@pytest.mark.parametrize("broken", ["checkpoint.pt", "manifest.json"])
+def test_a_corrupt_checkpoint_or_manifest_is_one_line(tmp_path, quiet, capsys, broken):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=1)
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
+    (tmp_path / "killme" / "exclusive-seed0" / broken).write_bytes(b"")
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(tmp_path), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and broken in err and ("does not load" in err or "does not parse" in err)
+
+
+# ---- 6: names are single, safe path components ---------------------------------------------------
+
+@pytest.mark.parametrize("over", [
+    {"methods": [{"method": "fedavg", "label": "../evil"}]},
+    {"methods": [{"method": "fedavg", "label": "/abs/dir"}]},
+    {"name": "../../escape"},
+    {"name": "a/b"},
+])
+def test_unsafe_names_are_config_errors(over):
+    with pytest.raises(ConfigError, match="not a safe folder name"):
+        suite_from_dict(tiny_raw(**over))
+
+
+# ---- 7: the image folder cache follows the files --------------------------------------------------
+
+def write_images(root: Path, value: int, per_class: int = 2) -> None:
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_the_image_cache_is_rebuilt_when_files_change(tmp_path):
+    write_images(tmp_path, 10)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path))
+    assert load_data(cfg).train_x.unique().tolist() == [10]
+    time.sleep(0.01)
+    write_images(tmp_path, 200)  # same names and sizes, new pixels and times
+    assert load_data(cfg).train_x.unique().tolist() == [200]
+    (tmp_path / "train" / "a" / "1.png").unlink()
+    assert len(load_data(cfg).train_y) == 3
+
+
+def test_bad_image_folders_say_what_is_wrong(tmp_path):
+    write_images(tmp_path, 10)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path))
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"broken.png is not a readable image"):
+        load_data(cfg)
+    (tmp_path / "train" / "a" / "broken.png").unlink()
+    (tmp_path / "test" / "c").mkdir()
+    with pytest.raises(DataError, match="not in train: c"):
+        load_data(cfg)
+    (tmp_path / "test" / "c").rmdir()
+    for f in (tmp_path / "test" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="empty class folders: b"):
+        load_data(cfg)
+    (tmp_path / "test" / "b").rmdir()
+    with pytest.raises(DataError, match="missing: b"):
+        load_data(cfg)
+
+
+# ---- 8: the estimate at the batch a client can form -----------------------------------------------
+
+def test_clients_smaller_than_a_batch_are_estimated_at_their_own_size(tmp_path, quiet):
+    """Batch 200 and clients of about 53 samples: the estimate is each client's own batch, equal to
+    what it measures, so ExclusiveFL no longer shuts every device out."""
+    cfg = tiny_suite(rounds=1, batch_size=200, methods=[{"method": "exclusive"}], fleet={"low_mb": 0.5, "high_mb": 2})
+    clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0" / "clients.jsonl")
+    trained = [c for c in clients if c["status"] == "trained"]
+    assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)
+
+
+# ---- 9: errors found before anything is written ---------------------------------------------------
+
+def test_a_method_error_stops_the_suite_before_anything_is_written(tmp_path, quiet):
+    cfg = tiny_suite(methods=[{"method": "fedavg"}, {"method": "depthfl", "depths": [4]}])
+    with pytest.raises(ConfigError, match="exceed the 3 blocks"):
+        run_suite(cfg, tmp_path, log=quiet)
+    assert not (tmp_path / "tiny").exists()
+    with pytest.raises(PartitionError, match="need 10000 samples; the training set has 320"):
+        run_suite(tiny_suite(fleet={"devices": 5000}, data={"partition": "dirichlet"}), tmp_path, log=quiet)
+    assert not (tmp_path / "tiny").exists()
+
+
+# ---- 10, 11: one clear line -------------------------------------------------------------------------
+
+def test_a_nan_evaluation_loss_stops_with_one_line_and_keeps_the_rounds(tmp_path, quiet, monkeypatch):
+    import harness.engine as engine
+
+    calls = {"n": 0}
+    real = engine.evaluate
+
+    def nan_later(model, batches):
+        calls["n"] += 1
+        accuracy, loss = real(model, batches)
+        return (accuracy, float("nan")) if calls["n"] > 2 else (accuracy, loss)
+
+    monkeypatch.setattr(engine, "evaluate", nan_later)
+    from harness.training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"round 3: the global model's evaluation loss is nan"):
+        run_suite(tiny_suite(rounds=4), tmp_path, log=quiet)
+    assert [r["round"] for r in read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"fleet": {"high_mb": float("inf")}}, "budgets must be finite"),
+    ({"seeds": [-1]}, "seeds must be >= 0"),
+    ({"methods": [{"method": "neulite", "stage_rounds": [2]}]}, "apply to schedule = 'sequential' only"),
+])
+def test_bad_values_are_config_errors(over, message):
+    with pytest.raises(ConfigError, match=message):
+        suite_from_dict(tiny_raw(**over))
+
+
+def test_a_trace_whose_first_row_is_data_is_read_as_data(tmp_path):
+    trace = tmp_path / "fleet.csv"
+    trace.write_text("-1,3\n1,4\n")
+    with pytest.raises(ConfigError, match=r"fleet.csv:1: device ids must be >= 0"):
+        run_suite(tiny_suite(fleet={"distribution": "trace", "trace": str(trace)}, clients_per_round=1), tmp_path)
+
+
+def test_unwritable_output_and_full_disks_are_one_line(tmp_path, capsys, monkeypatch):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=3)
+    (tmp_path / "afile").write_text("")
+    assert main(["run", str(suite), "--out", str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the suite folder" in err
+    real = RunWriter._append
+
+    def full(self, name, rows):
+        if rows and rows[0]["round"] == 2:
+            raise OSError(28, "No space left on device", str(self.folder / name))
+        real(self, name, rows)
+
+    monkeypatch.setattr(RunWriter, "_append", full)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "clients.jsonl" in err
+    assert len(read_jsonl(tmp_path / "out" / "killme" / "exclusive-seed0" / "rounds.jsonl")) == 1
+
+
+def test_a_plugin_that_fails_to_import_is_one_line_and_help_still_works(tmp_path, capsys, monkeypatch):
+    from harness.methods import METHODS
+    from harness.plugins import load_plugins
+
+    (tmp_path / "bad_plugin.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "twice_plugin.py").write_text(
+        "from harness.methods import register_method\nfrom baselines.fedavg import FedAvg\n"
+        "register_method('fedavg')(type('Again', (FedAvg,), {}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_help:
+        main(["--help"])
+    assert exit_help.value.code == 0
+    for plugin, message in (("bad_plugin", "broken on purpose"), ("twice_plugin", "registered twice")):
+        monkeypatch.setenv("FL_HARNESS_PLUGINS", plugin)
+        monkeypatch.setattr(METHODS, "_load", load_plugins)  # as in a fresh process
+        capsys.readouterr()
+        assert main(["list"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"cannot import {plugin!r}" in err and message in err
+
+
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--width", "-1"], ["--classes", "0"], ["--steps", "-2"],
+                                  ["--width", "1.5"]])
+def test_memory_refuses_sizes_that_are_not_positive(args, capsys):
+    try:
+        code = main(["memory", "cnn", "--input", "1,8,8", *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and "| task |" not in capsys.readouterr().out
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path):
+    proc = start(["--help"], tmp_path)  # `run --help` imports torch and the harness first
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130)  # finished before the signal on a fast machine: nothing to show
+    if proc.returncode == 130:
+        assert err.strip() == "interrupted before anything ran"
