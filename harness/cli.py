@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
 from harness.config import ConfigError, OptimizerConfig, load_suite
-from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError
-from harness.engine import RunExistsError, run_suite
-from harness.fleet import FLEETS, MB, Device
+from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError, load_data
+from harness.engine import RunExistsError, resolve_device, run_suite
+from harness.fleet import FLEETS, MB, Device, build_fleet
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
 from harness.models import MODELS, ModelSpec
 from harness.plugins import PluginError
-from harness.records import RecordsError
+from harness.records import RecordsError, device_name
 from harness.training import NonFiniteLossError, train_local
 
 
@@ -45,56 +49,125 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def memory_tasks(args: argparse.Namespace) -> list[tuple[str, Method, TaskSpec]]:
-    """(label, method, spec) for full-model training and, with ``--method``, each of its tasks."""
+@dataclass
+class MemoryTable:
+    """What ``memory`` tabulates: the tasks, and the input, batch and optimizer they train at."""
+
+    title: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    batch: int
+    optimizer: OptimizerConfig
+    steps: int
+    device: torch.device
+    tasks: list[tuple[str, Method, TaskSpec]]
+
+
+def method_tasks(cls: type[Method], params: object, ctx: MethodContext, prefix: str = "") -> list[
+        tuple[str, Method, TaskSpec]]:
+    with torch.device("meta"):  # the method's global state is never trained here
+        method = cls(params, ctx)
+    return [(prefix + s.label, method, s) for s in method.memory_specs()]
+
+
+def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
+    """Full-model training of ``args.model`` and, with ``--method``, each of the method's tasks."""
     if args.model not in MODELS:
         raise ConfigError(f"unknown model {args.model!r}; allowed: {', '.join(MODELS.names())}")
     if args.width > 1:
         raise ConfigError(f"--width must be in (0, 1], got {args.width}")
     shape = parse_shape(args.input)
-    estimator = Estimator(shape, args.classes, args.batch, OptimizerConfig(momentum=args.momentum),
-                          args.steps, torch.device("cpu"))
+    optimizer = OptimizerConfig(momentum=args.momentum)
+    estimator = Estimator(shape, args.classes, args.batch, optimizer, args.steps, device)
     spec = ModelSpec(args.model, args.classes, shape[0], shape[-1])
-    ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, torch.device("cpu"),
-                        estimator)
-    fedavg = METHODS["fedavg"](METHODS["fedavg"].parse_params({}), ctx)
-    tasks = [("full model (FedAvg)", fedavg, TaskSpec("full"))]
+    ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, device, estimator)
+    tasks = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
+    tasks = [("full model (FedAvg)", *tasks[0][1:])]
     if args.method != "fedavg":
         cls = METHODS[args.method]
-        with torch.device("meta"):  # the method's global state is never trained here
-            method = cls(cls.parse_params({}), ctx)
-        tasks += [(s.label, method, s) for s in method.memory_specs()]
-    return tasks
+        tasks += method_tasks(cls, cls.parse_params({}), ctx)
+    title = (f"{args.model} width {args.width:g}, input {args.input}, batch {args.batch}, {args.classes} classes, "
+             f"SGD momentum {args.momentum:g}, {args.steps} steps")
+    return MemoryTable(title, shape, args.classes, args.batch, optimizer, args.steps, device, tasks)
 
 
-def measure_for_real(args: argparse.Namespace, method: Method, spec: TaskSpec) -> dict[str, float]:
-    """Train the task for ``--steps`` steps on random data: the tracker's peak, the process RSS
-    high-water mark, and memory-profiler's independent sampling of RSS (MB, deltas)."""
+def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
+    """Exactly the suite's tasks: every method entry with its parameters, at the suite's data
+    shape, batch, optimizer and measured steps."""
+    cfg = load_suite(args.suite, args.set or [])
+    data = load_data(cfg.data)
+    shape = tuple(data.train_x.shape[1:])
+    estimator = Estimator(shape, data.num_classes, cfg.batch_size, cfg.optimizer, cfg.measure.steps, device)
+    spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+    ctx = MethodContext(spec, cfg.model.width, shape, data.num_classes, build_fleet(cfg.fleet, cfg.seeds[0]),
+                        cfg.seeds[0], device, estimator, rounds=cfg.rounds)
+    fedavg = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
+    tasks = [("full model (FedAvg)", *fedavg[0][1:])]
+    for entry in cfg.methods:
+        cls = METHODS[entry.method]
+        tasks += method_tasks(cls, cls.parse_params(entry.params, f"methods ({entry.label})"), ctx,
+                              f"{entry.label}: ")
+    title = (f"suite {cfg.name}: {cfg.model.name} width {cfg.model.width:g}, data {data.name} "
+             f"{'x'.join(map(str, shape))}, batch {cfg.batch_size}, {data.num_classes} classes, "
+             f"SGD momentum {cfg.optimizer.momentum:g}, {cfg.measure.steps} steps")
+    return MemoryTable(title, shape, data.num_classes, cfg.batch_size, cfg.optimizer, cfg.measure.steps, device,
+                       tasks)
+
+
+def memory_table(args: argparse.Namespace) -> MemoryTable:
+    if (args.model is None) == (args.suite is None):
+        raise ConfigError("memory: give a model (e.g. resnet18) or --suite FILE, not both")
+    if args.set and args.suite is None:
+        raise ConfigError("memory: --set applies to --suite only")
+    device = resolve_device(args.device)
+    return suite_table(args, device) if args.suite else model_table(args, device)
+
+
+def measure_for_real(table: MemoryTable, method: Method, spec: TaskSpec) -> dict[str, float]:
+    """Train the task for the table's steps on random data: the tracker's peak, the process RSS
+    high-water mark and memory-profiler's independent sampling of RSS (MB, deltas); on a GPU the
+    allocator's task peak, its overhead over the tracker and NVML's sampled peak."""
     from memory_profiler import memory_usage
 
-    shape = parse_shape(args.input)
+    shape, n = table.input_shape, table.batch * table.steps
     g = torch.Generator().manual_seed(0)
-    n = args.batch * args.steps
     x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, args.classes, (n,), generator=g)
-    data = DataBundle("random", x, y, x, y, args.classes, (0.5,) * shape[0], (0.25,) * shape[0])
-    batches = Batches(data, torch.arange(n), args.batch, torch.device("cpu"))
+    y = torch.randint(0, table.num_classes, (n,), generator=g)
+    data = DataBundle("random", x, y, x, y, table.num_classes, (0.5,) * shape[0], (0.25,) * shape[0])
+    batches = Batches(data, torch.arange(n), table.batch, table.device)
     baseline = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
-    train = (lambda: method.build_task(spec), batches, 1, OptimizerConfig(momentum=args.momentum), args.steps)
+    train = (lambda: method.build_task(spec), batches, 1, table.optimizer, table.steps)
     peak_mb, result = memory_usage((train_local, train), interval=0.005, max_usage=True, retval=True)
-    row = {"tensor": result.memory["tensor"]["peak"] / MB, "memory-profiler": peak_mb - baseline}
-    if "rss" in result.memory:
-        row["rss"] = result.memory["rss"]["delta"] / MB
+    row = {"tensor": result.memory["tensor"]["peak"] / MB, "memory-profiler": peak_mb - baseline,
+           "pid": os.getpid()}
+    for source, key, name in (("rss", "delta", "rss"), ("cuda", "task_peak", "allocator"),
+                              ("cuda", "overhead", "overhead"), ("nvml", "delta", "nvml")):
+        if source in result.memory:
+            row[name] = result.memory[source][key] / MB
     return row
 
 
+def measure_row(args: argparse.Namespace, index: int) -> dict[str, float]:
+    """One row of ``--measure``, run in a fresh process so that no row inherits another's heap,
+    caches or interpreter warm-up."""
+    table = memory_table(args)
+    _, method, spec = table.tasks[index]
+    return measure_for_real(table, method, spec)
+
+
+def measure_rows(args: argparse.Namespace, count: int) -> Iterator[dict[str, float]]:
+    spawn = multiprocessing.get_context("spawn")
+    for index in range(count):
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            yield pool.submit(measure_row, args, index).result()
+
+
 def cmd_memory(args: argparse.Namespace) -> int:
-    tasks = memory_tasks(args)
-    rows = [(label, method.estimate(spec).to_record()) for label, method, spec in tasks]
+    table = memory_table(args)
+    rows = [(label, method.estimate(spec).to_record()) for label, method, spec in table.tasks]
     full = rows[0][1]["peak"]
     head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
-    print(f"# estimated training peak: {args.model} width {args.width:g}, input {args.input}, batch {args.batch}, "
-          f"{args.classes} classes, SGD momentum {args.momentum:g}, {args.steps} steps")
+    print(f"# estimated training peak: {table.title}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for label, rec in rows:
@@ -102,14 +175,17 @@ def cmd_memory(args: argparse.Namespace) -> int:
                  f"{100 * (rec['peak'] / full - 1):+.1f}%"]
         print("| " + " | ".join(cells) + " |")
     if args.measure:
-        print("\n# measured for real on random data (MB; rss and memory-profiler are process deltas, "
-              "which include allocator caches and are never comparable byte for byte)")
-        print("| task | estimate | tensor | rss delta | memory-profiler delta |\n|---|---|---|---|---|")
-        for (label, method, spec), (_, rec) in zip(tasks, rows):
-            real = measure_for_real(args, method, spec)
-            rss = f"{real['rss']:.2f}" if "rss" in real else "absent"
-            print(f"| {label} | {rec['peak'] / MB:.2f} | {real['tensor']:.2f} | {rss} | "
-                  f"{real['memory-profiler']:.2f} |")
+        gpu = table.device.type == "cuda"
+        extra = ["allocator task peak", "allocator overhead", "nvml peak delta"] if gpu else []
+        head = ["task", "estimate", "tensor", "rss delta", "memory-profiler delta", *extra]
+        print(f"\n# measured for real on random data on {device_name(table.device)}, each task in a fresh process "
+              "(MB; rss and memory-profiler are process deltas, which include allocator caches and are never "
+              "comparable byte for byte)")
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        for (label, rec), real in zip(rows, measure_rows(args, len(rows))):
+            cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{real[k]:.2f}" if k in real else "absent" for k in
+                     ("tensor", "rss", "memory-profiler", *(("allocator", "overhead", "nvml") if gpu else ()))]]
+            print("| " + " | ".join(cells) + " |")
     return 0
 
 
@@ -138,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue a killed or finished suite run")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
-    mem = sub.add_parser("memory", help="estimated training peak of a model, by category")
-    mem.add_argument("model")
+    mem = sub.add_parser("memory", help="estimated training peak of a model's or a suite's tasks, by category")
+    mem.add_argument("model", nargs="?", help="a registered model (or give --suite)")
+    mem.add_argument("--suite", help="tabulate exactly this suite file's tasks, with its data, batch and methods")
+    mem.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the --suite file")
+    mem.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="estimate and measure on this device (cuda: adds the allocator's view)")
     mem.add_argument("--batch", type=positive(int), default=32)
     mem.add_argument("--input", default="3,32,32", help="C,H,W of one sample (default 3,32,32)")
     mem.add_argument("--classes", type=positive(int), default=10)

@@ -73,6 +73,9 @@ class OptimizerConfig:
 class MeasureConfig:
     steps: int = 2  # full-size batches measured per client task; the peak is reached at the second
     rss: bool = True
+    # What the memory gate holds against a budget: the estimated peak, or on a GPU the estimate plus
+    # the caching allocator's overhead measured once per task kind (docs/memory.md)
+    gate: Literal["estimate", "allocator"] = "estimate"
 
 
 @dataclass
@@ -216,6 +219,8 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> SuiteConfig:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"suite file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the suite file {path}: {getattr(err, 'strerror', None) or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     for assignment in overrides:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
-from harness.data import Batches, DataBundle, PartitionError, load_data, partition, partition_report
+from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
 from harness.fleet import MB, Device, build_fleet
 from harness.memory import MemoryReport
@@ -93,8 +93,8 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
             continue
         estimate = method.estimate(choice, device)
         reason = ""
-        if method.respects_budgets and estimate.peak > device.budget:
-            reason = over_budget(device, choice, estimate.peak)
+        if method.respects_budgets and method.need(choice, device) > device.budget:
+            reason = over_budget(device, choice, method.need(choice, device))
         candidates.append(Candidate(device, position, choice, estimate, reason))
     return candidates
 
@@ -128,10 +128,13 @@ class Run:
             raise ConfigError(f"clients_per_round ({cfg.clients_per_round}) exceeds the fleet's "
                               f"{len(self.fleet)} devices")
         self.parts = partition(data.train_y, len(self.fleet), cfg.data, seed)
+        if cfg.measure.gate == "allocator" and device.type != "cuda":
+            raise ConfigError("measure.gate = 'allocator' adds a GPU allocator's overhead to the estimate; "
+                              f"it needs a CUDA device, and this run is on {device.type}")
         input_shape = tuple(data.train_x.shape[1:])
         spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
         estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
-                              cfg.measure.steps, device, cfg.local_epochs)
+                              cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
                   for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
@@ -203,6 +206,19 @@ class Run:
                 raise ConfigError(f"cannot resume {self.writer.folder}: its records were made with another "
                                   f"{part.replace('_', ' ')} ({', '.join(keys)}); use the same suite and "
                                   "--set values, or choose another --out")
+        # the same config can still give other clients: an edited trace, another harness version's sampler
+        built = json.loads(json.dumps({"fleet": [d.to_record() for d in self.fleet],
+                                       "partition": partition_report(self.data.train_y, self.parts,
+                                                                     self.data.num_classes)}))
+        for part, values in built.items():
+            old = recorded.get(part)
+            if old is None:
+                continue
+            # compare what was recorded: fields added by later versions are not a difference
+            if len(old) != len(values) or any({k: new.get(k) for k in was} != was for was, new in zip(old, values)):
+                raise ConfigError(f"cannot resume {self.writer.folder}: this config now gives another {part} than "
+                                  "the one its records were made with (an edited trace file, or a harness "
+                                  "version that partitions differently); rerun it with another --out")
 
     def manifest_identity(self) -> dict[str, dict[str, Any]]:
         config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}
@@ -361,18 +377,18 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RecordsError(f"cannot create the suite folder {folder}: {err.strerror or err}") from None
-    try:
-        with SuiteLock(folder):
+    with SuiteLock(folder):  # a refused process removes nothing: the folder is the holder's
+        try:
             for entry, seed, name in runs:  # everything that can be refused is refused here
                 Run(cfg, entry, seed, data, device, folder / name, log).check(resume)
             write_json(folder / "suite.json", suite_manifest(cfg, folder, runs, resume))
-            log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
-                f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
-            for entry, seed, name in runs:
-                Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
-    except (ConfigError, PartitionError, RunExistsError, RecordsError):
-        if created and not (folder / "suite.json").exists():  # refused before a record: leave nothing
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        except BaseException:
+            if created:  # refused (or interrupted) before a record: leave nothing
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
+            f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
+        for entry, seed, name in runs:
+            Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
     log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

@@ -24,7 +24,7 @@ from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
 from harness.registry import Registry
-from harness.training import LocalResult, Task
+from harness.training import LocalResult, Task, allocator_overhead
 
 
 @dataclass(frozen=True)
@@ -63,24 +63,39 @@ class Estimator:
     tensors, no compute)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
-                 optimizer: OptimizerConfig, steps: int, device: torch.device, epochs: int = 1) -> None:
+                 optimizer: OptimizerConfig, steps: int, device: torch.device, epochs: int = 1,
+                 allocator: bool = False) -> None:
         self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
         self.optimizer, self.steps, self.device, self.epochs = optimizer, steps, device, epochs
+        self.allocator = allocator  # also measure each task's allocator overhead on the GPU
         self._cache: dict[Any, TaskCost] = {}
 
-    def shape_for(self, samples: int | None) -> tuple[int, int]:
-        """(batch, steps) that a client of ``samples`` samples is measured at: a client smaller than
-        a batch trains batches of all its samples, and perhaps fewer steps than are measured."""
-        if samples is None or samples >= self.batch_size:
-            return self.batch_size, self.steps
-        return samples, min(self.steps, self.epochs)
+    def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
+        """The batches a client of ``samples`` samples is measured over, as ``train_local`` runs
+        them: every step until ``steps`` full-size batches have run or training ends, an epoch's
+        short last batch included (a client smaller than a batch trains only short ones)."""
+        if samples is None:
+            return (self.batch_size,) * self.steps
+        full, rest = divmod(samples, self.batch_size)
+        epoch = [self.batch_size] * full + ([rest] if rest else [])
+        sizes: list[int] = []
+        for size in epoch * self.epochs:
+            if sizes.count(self.batch_size) == self.steps:
+                break
+            sizes.append(size)
+        return tuple(sizes)
 
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
-        batch, steps = self.shape_for(samples)
-        if (key, batch, steps) not in self._cache:
-            self._cache[key, batch, steps] = estimate_task(build_task, self.input_shape, self.num_classes, batch,
-                                                           self.optimizer, steps, self.device)
-        return self._cache[key, batch, steps]
+        sizes = self.batch_sizes(samples)
+        if (key, sizes) not in self._cache:
+            cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
+                                 device=self.device)
+            if self.allocator:
+                cost = dataclasses.replace(cost, overhead=allocator_overhead(
+                    build_task, self.input_shape, self.num_classes, self.batch_size, self.optimizer, self.steps,
+                    self.device))
+            self._cache[key, sizes] = cost
+        return self._cache[key, sizes]
 
 
 @dataclass
@@ -146,6 +161,11 @@ class Method(ABC):
     def estimate(self, spec: TaskSpec, device: Device | None = None) -> MemoryReport:
         return self.cost(spec, device).memory
 
+    def need(self, spec: TaskSpec, device: Device | None = None) -> int:
+        """The bytes the memory gate holds against the device's budget: the estimated peak, plus
+        the GPU allocator's measured overhead with ``measure.gate = "allocator"``."""
+        return self.cost(spec, device).need
+
     def flops_per_sample(self, spec: TaskSpec) -> float:
         """FLOPs per sample of a training step of ``spec``, as the device time model counts them;
         a method whose steps vary (FjORD's sampled width) gives their expected value."""
@@ -158,7 +178,7 @@ class Method(ABC):
         """The first of ``specs`` (ordered largest first) whose estimate fits the device's budget."""
         smallest = None
         for spec in specs:
-            need = self.estimate(spec, device).peak
+            need = self.need(spec, device)
             if need <= device.budget:
                 return spec
             smallest = (spec, need)

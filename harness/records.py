@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,18 @@ class SuiteLock:
         self._file = self.path.open("a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             self._file.seek(0)
             holder = self._file.read().strip() or "unknown"
             self._file.close()
-            raise RecordsError(f"another harness process (pid {holder}) is writing {self.path.parent}; wait "
+            raise RecordsError(f"another harness process ({holder}) is writing {self.path.parent}; wait "
                                "for it to finish or choose another --out") from None
+        except OSError as err:  # no flock here (NFS without lockd, some parallel file systems)
+            print(f"warning: cannot lock {self.path} ({err.strerror}); run one harness process at a time "
+                  "on this folder", file=sys.stderr)
         self._file.seek(0)
         self._file.truncate()
-        self._file.write(str(os.getpid()))
+        self._file.write(f"pid {os.getpid()} on {platform.node()}")
         self._file.flush()
         return self
 
@@ -103,15 +107,18 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines only: a torn last line (a killed writer) is skipped."""
+    """Complete records only: a torn line (a killed writer), or one that is not a record of a
+    round, is skipped, and reads as missing where it matters."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            rows.append(row)
     return rows
 
 
@@ -163,16 +170,23 @@ class RunWriter:
             raise RecordsError(f"{self.checkpoint_path} is not a harness checkpoint; rerun with another --out")
         return state
 
+    def last_round(self) -> int:
+        """The last round the round records reach (0: none)."""
+        return max((r["round"] for r in read_jsonl(self.folder / ROUNDS)), default=0)
+
     def check_whole(self, done: int, devices: int) -> None:
         """Every round up to the checkpoint's must be in both files, whole: one round line and one
         line per device each. A gap (a torn line, a deleted file) cannot be redone from this
         checkpoint, so the resume is refused, naming what is missing."""
         rounds = read_jsonl(self.folder / ROUNDS)
         clients = read_jsonl(self.folder / CLIENTS)
-        have = [r.get("round") for r in rounds if r.get("round", done + 1) <= done]
+        if done == 0 and self.last_round() > 1:  # only a kill inside round 1 leaves records without one
+            raise RecordsError(f"cannot resume {self.folder}: its records reach round {self.last_round()} but "
+                               f"its {CHECKPOINT} is missing; rerun it with another --out")
+        have = [r["round"] for r in rounds if r["round"] <= done]
         per_round = {}
         for c in clients:
-            per_round[c.get("round")] = per_round.get(c.get("round"), 0) + 1
+            per_round[c["round"]] = per_round.get(c["round"], 0) + 1
         missing = [r for r in range(1, done + 1) if have.count(r) != 1]
         short = [r for r in range(1, done + 1) if per_round.get(r, 0) != devices]
         if missing or short:

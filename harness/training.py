@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -131,19 +131,40 @@ def measured_step(tracker: TensorTracker, task: Task, optimizer: torch.optim.Opt
         return training_step(task, optimizer, x, y, tracker)
 
 
-def measure_task(build: Callable[[], Task], x: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig,
-                 steps: int) -> MemoryReport:
-    """The tracker's report for a freshly built task trained ``steps`` times on the batch ``(x, y)``;
-    the estimate runs exactly this under fake tensors."""
+def measure_steps(build: Callable[[], Task], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                  cfg: OptimizerConfig, probes: sources.Probes | None = None) -> MemoryReport:
+    """The tracker's report for a freshly built task trained one step on each batch; the estimate
+    runs exactly this under fake tensors. With ``probes`` (started before the task is built) the
+    task is built on their device and their peaks restart once it is built."""
     tracker = TensorTracker()
-    task = build_tracked(tracker, build)
+    task = build_tracked(tracker, build, None if probes is None else probes.device)
+    if probes is not None:
+        probes.rebase()
     task.model.train()
     optimizer = make_optimizer(task.model, cfg)
     loss = None
-    for _ in range(steps):  # the previous step's loss stays alive during the next, as in training
+    for x, y in batches:  # the previous step's loss stays alive during the next, as in training
         loss = measured_step(tracker, task, optimizer, x, y)
     del loss
     return tracker.report()
+
+
+def measure_task(build: Callable[[], Task], x: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig,
+                 steps: int, probes: sources.Probes | None = None) -> MemoryReport:
+    """``measure_steps`` for ``steps`` steps on the one batch ``(x, y)``."""
+    return measure_steps(build, [(x, y)] * steps, cfg, probes)
+
+
+def allocator_overhead(build: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int, batch_size: int,
+                       cfg: OptimizerConfig, steps: int, device: torch.device) -> int:
+    """What a GPU's caching allocator holds at its peak beyond the tracker's peak (cuDNN workspaces,
+    block rounding, fragmentation), measured by training the task ``steps`` times on random data;
+    ``measure.gate = "allocator"`` adds it to the estimate so an admitted device would not run out."""
+    probes = sources.start_probes(device, rss=False)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    report = measure_task(build, x, y, cfg, steps, probes)
+    return max(0, probes.records(report.peak)["cuda"]["overhead"])
 
 
 def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -184,7 +205,8 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         torch.cuda.synchronize(batches.device)
     train_time = time.perf_counter() - start
     probes.stop()
-    memory = {"tensor": tracker.report().to_record(), **probes.records()}
+    tensor = tracker.report()
+    memory = {"tensor": tensor.to_record(), **probes.records(tensor.peak)}
     state = {k: v.detach().to("cpu", copy=True) for k, v in task.upload(model).items()}
     num_samples = len(batches.y)
     return LocalResult(state, num_samples, steps, total / max(1, num_samples * epochs), train_time,

@@ -1,10 +1,11 @@
 """``python -m harness``: list, memory, and the end-of-run summary table."""
 
 import json
+import os
 
 from conftest import tiny_suite
 
-from harness.cli import main
+from harness.cli import build_parser, main, measure_rows
 from harness.engine import run_suite
 from harness.summary import format_table, summary_rows
 
@@ -58,3 +59,45 @@ def test_memory_measure_compares_estimate_tracker_and_rss(capsys):
     assert cells[1] == cells[2]  # estimate == tracker
     if cells[3] != "absent":  # two independent views of the process RSS agree
         assert abs(float(cells[3]) - float(cells[4])) <= 2.0
+
+
+def table_peaks(out: str) -> dict[str, float]:
+    """The estimate table's peak column by task label."""
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.split("\n\n")[0].splitlines()
+             if line.startswith("| ") and not line.startswith("| task")]
+    return {row[0]: float(row[1]) for row in cells}
+
+
+def test_memory_measures_each_row_in_a_fresh_process():
+    """A row must not pay another's interpreter warm-up nor reuse its freed heap."""
+    args = build_parser().parse_args(["memory", "cnn", "--input", "1,8,8", "--batch", "8", "--method", "allsmall"])
+    rows = list(measure_rows(args, 2))
+    pids = {row["pid"] for row in rows}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all(row["rss"] >= row["tensor"] > 0 for row in rows if "rss" in row)
+
+
+def test_memory_of_a_suite_takes_its_data_batch_and_method_params(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\nbatch_size = 16\ndevice = "cpu"\n'
+                     '[data]\nname = "synthetic"\nsynthetic_samples = 400\npartition = "iid"\n'
+                     '[model]\nname = "cnn"\n'
+                     '[[methods]]\nmethod = "neulite"\n'
+                     '[[methods]]\nmethod = "neulite"\nlabel = "no-head"\nlambda2 = [0.0]\n')
+    assert main(["memory", "--suite", str(suite)]) == 0
+    peaks = table_peaks(capsys.readouterr().out)
+    assert main(["memory", "cnn", "--input", "1,8,8", "--batch", "16", "--method", "neulite"]) == 0
+    defaults = table_peaks(capsys.readouterr().out)
+    assert peaks["full model (FedAvg)"] == defaults["full model (FedAvg)"] == 2.26
+    assert [peaks[f"neulite: stage={s}"] for s in (1, 2, 3)] == [defaults[f"stage={s}"] for s in (1, 2, 3)]
+    assert peaks["no-head: stage=2"] < peaks["neulite: stage=2"]  # no projection head: less to hold
+    assert main(["memory", "--suite", str(suite), "--set", "batch_size=32"]) == 0
+    assert table_peaks(capsys.readouterr().out)["full model (FedAvg)"] == 3.61
+
+
+def test_memory_takes_a_model_or_a_suite(capsys):
+    assert main(["memory"]) == 2
+    assert "give a model" in capsys.readouterr().err
+    assert main(["memory", "cnn", "--suite", "suites/quick.toml"]) == 2
+    assert main(["memory", "cnn", "--set", "rounds=1"]) == 2
+    assert "--suite only" in capsys.readouterr().err

@@ -6,11 +6,15 @@ import pytest
 import torch
 from conftest import start, tiny_suite, write_toml
 
+import harness.methods as methods_module
 from harness.config import ConfigError
-from harness.engine import RunExistsError, run_suite
-from harness.fleet import MB
+from harness.engine import RunExistsError, plan_round, run_suite
+from harness.fleet import MB, Device
+from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
 from harness.training import NonFiniteLossError
+
+from helpers import context, method
 
 TIMING = {"train_time", "round_time", "wall_time"}
 
@@ -205,3 +209,24 @@ def test_real_cifar10_end_to_end(cifar_root, tmp_path, quiet):
     neulite_rounds, _ = records(folder / "neulite-seed0")
     assert [r["stage"] for r in neulite_rounds] == [1, 2]
     assert 0.1 <= neulite_rounds[-1]["evals"]["stage"]["accuracy"] <= 1
+
+
+def test_the_allocator_gate_adds_each_task_kinds_measured_overhead(monkeypatch):
+    """``measure.gate = "allocator"``: a budget between the estimate and the estimate plus the GPU
+    allocator's overhead (measured once per task kind) is refused, naming the bytes needed."""
+    measured = []
+    monkeypatch.setattr(methods_module, "allocator_overhead", lambda *args: measured.append(args) or MB)
+    ctx = context()
+    ctx.estimator.allocator = True
+    exclusive = method("exclusive", ctx)
+    peak = exclusive.estimate(TaskSpec("full")).peak
+    tight, roomy = Device(1, peak + MB // 2), Device(2, peak + MB)
+    planned = plan_round(exclusive, 1, [tight, roomy])
+    assert [c.reason for c in planned] == [over_budget(tight, TaskSpec("full"), peak + MB), ""]
+    assert planned[0].estimate.peak == peak and len(measured) == 1
+
+
+def test_the_allocator_gate_needs_a_gpu(tmp_path, quiet):
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        run_suite(tiny_suite(measure={"gate": "allocator"}), tmp_path, log=quiet)
+    assert not (tmp_path / "tiny").exists()

@@ -140,12 +140,44 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, quiet):
     folder.mkdir()
     with SuiteLock(folder):
         for resume in (False, True):
-            with pytest.raises(RecordsError, match=rf"another harness process \(pid {os.getpid()}\)"):
+            with pytest.raises(RecordsError, match=rf"another harness process \(pid {os.getpid()} on "):
                 run_suite(tiny_suite(rounds=1), tmp_path, resume=resume, log=quiet)
     assert not (folder / "suite.json").exists()
     (folder / ".lock").write_text("999999")  # left by a process that died: no OS lock is held
     run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
     assert len(read_jsonl(folder / "fedavg-seed0" / "rounds.jsonl")) == 1
+
+
+def test_a_writer_refused_the_lock_removes_nothing(tmp_path, quiet, monkeypatch):
+    """Two processes start on a new folder; the one that loses the lock must not remove the
+    folder the other has just created and is writing."""
+    class Taken:
+        def __init__(self, folder):
+            pass
+
+        def __enter__(self):
+            raise RecordsError("another harness process (pid 1 on elsewhere) is writing it")
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr("harness.engine.SuiteLock", Taken)
+    with pytest.raises(RecordsError, match="another harness process"):
+        run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    assert (tmp_path / "tiny").is_dir()
+
+
+def test_a_file_system_without_locks_warns_and_runs(tmp_path, quiet, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    assert "cannot lock" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 1
 
 
 # ---- 3, 5: a resume writes nothing it refuses, and drops no run ------------------------------------
@@ -175,6 +207,7 @@ def test_a_resume_with_other_seeds_keeps_the_finished_ones(tmp_path, quiet):
     ("torn round line", r"round lines 2 in rounds.jsonl"),
     ("deleted rounds", r"round lines 1, 2, 3 in rounds.jsonl"),
     ("deleted clients", r"client lines of rounds 1, 2, 3 in clients.jsonl"),
+    ("foreign round line", r"round lines 2 in rounds.jsonl"),
 ])
 def test_records_missing_below_the_checkpoint_refuse_the_resume(tmp_path, quiet, damage, message):
     run_suite(tiny_suite(rounds=3), tmp_path, log=quiet)
@@ -183,11 +216,36 @@ def test_records_missing_below_the_checkpoint_refuse_the_resume(tmp_path, quiet,
         lines = (run / "rounds.jsonl").read_text().splitlines(True)
         lines[1] = lines[1][: len(lines[1]) // 2] + "\n"
         (run / "rounds.jsonl").write_text("".join(lines))
+    elif damage == "foreign round line":
+        lines = (run / "rounds.jsonl").read_text().splitlines(True)
+        lines[1] = "[1]\n"
+        (run / "rounds.jsonl").write_text("".join(lines))
     else:
         (run / ("rounds.jsonl" if damage == "deleted rounds" else "clients.jsonl")).unlink()
     with pytest.raises(RecordsError, match=message + " are missing or torn"):
         run_suite(tiny_suite(rounds=4), tmp_path, resume=True, log=quiet)
     assert len(read_jsonl(run / "clients.jsonl")) in (0, 18)  # nothing rewritten
+
+
+def test_a_deleted_checkpoint_does_not_drop_the_finished_rounds(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=3), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    before = records(run)
+    (run / CHECKPOINT).unlink()
+    with pytest.raises(RecordsError, match=r"records reach round 3 but its checkpoint\.pt is missing"):
+        run_suite(tiny_suite(rounds=3), tmp_path, resume=True, log=quiet)
+    assert records(run) == before
+
+
+def test_a_resume_that_would_give_other_clients_is_refused(tmp_path, quiet):
+    """The same config, but a trace file edited since: the records are of another fleet."""
+    trace = tmp_path / "fleet.csv"
+    trace.write_text("device_id,memory_mb\n" + "".join(f"{i},{1 + i / 4}\n" for i in range(6)))
+    cfg = {"fleet": {"distribution": "trace", "trace": str(trace)}}
+    run_suite(tiny_suite(rounds=1, **cfg), tmp_path, log=quiet)
+    trace.write_text("device_id,memory_mb\n" + "".join(f"{i},{2 + i / 4}\n" for i in range(6)))
+    with pytest.raises(ConfigError, match="now gives another fleet"):
+        run_suite(tiny_suite(rounds=2, **cfg), tmp_path, resume=True, log=quiet)
 
 
 @pytest.mark.parametrize("broken", ["checkpoint.pt", "manifest.json"])
@@ -263,6 +321,20 @@ def test_clients_smaller_than_a_batch_are_estimated_at_their_own_size(tmp_path, 
     what it measures, so ExclusiveFL no longer shuts every device out."""
     cfg = tiny_suite(rounds=1, batch_size=200, methods=[{"method": "exclusive"}], fleet={"low_mb": 0.5, "high_mb": 2})
     clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0" / "clients.jsonl")
+    trained = [c for c in clients if c["status"] == "trained"]
+    assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)
+
+
+def test_a_short_last_batch_is_estimated_as_it_is_trained(tmp_path, quiet):
+    """Batch 48 and clients of between one and two batches, one epoch: a full step then a short
+    one, so the estimate is that pair of steps (not two full ones) and equals the measurement."""
+    from helpers import context
+
+    estimator = context(batch=48).estimator
+    assert [estimator.batch_sizes(n) for n in (None, 20, 48, 67, 100, 200)] == [
+        (48, 48), (20,), (48,), (48, 19), (48, 48), (48, 48)]
+    cfg = tiny_suite(rounds=1, batch_size=48, methods=[{"method": "allsmall"}])
+    clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "allsmall-seed0" / "clients.jsonl")
     trained = [c for c in clients if c["status"] == "trained"]
     assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)
 
@@ -367,6 +439,12 @@ def test_memory_refuses_sizes_that_are_not_positive(args, capsys):
     except SystemExit as exit_:
         code = exit_.code
     assert code == 2 and "| task |" not in capsys.readouterr().out
+
+
+def test_a_suite_path_that_is_not_a_file_is_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the suite file" in err and "recorded" not in err
 
 
 def test_ctrl_c_while_importing_is_one_line(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -12,7 +13,15 @@ from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
 from harness.models import ModelSpec, build_model
-from harness.training import Task, make_optimizer, measure_task, measured_step, train_local, training_step
+from harness.training import (
+    Task,
+    allocator_overhead,
+    make_optimizer,
+    measure_task,
+    measured_step,
+    train_local,
+    training_step,
+)
 
 OPT = OptimizerConfig(lr=0.01, momentum=0.9, weight_decay=5e-4)
 CPU = torch.device("cpu")
@@ -155,8 +164,38 @@ def test_cuda_sources_and_estimate_on_gpu():
     batches = Batches(random_bundle(64, shape), torch.arange(64), 32, cuda)
     result = train_local(lambda: frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
     assert abs(estimate.peak - result.memory["tensor"]["peak"]) <= 0.01 * estimate.peak
-    assert result.memory["cuda"]["allocated_peak"] >= result.memory["tensor"]["peak"]
-    assert "nvml" in result.memory
+    cuda_rec, tensor = result.memory["cuda"], result.memory["tensor"]["peak"]
+    assert cuda_rec["task_peak"] == cuda_rec["allocated_peak"] - cuda_rec["allocated_start"] >= tensor
+    assert cuda_rec["overhead"] == cuda_rec["task_peak"] - tensor
+    nvml = result.memory["nvml"]  # sampled: the cache was emptied, so the task's own pool shows
+    assert nvml["peak"] == nvml["start"] + nvml["delta"] and nvml["delta"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_allocator_overhead_is_measured_once_per_task_on_gpu():
+    cuda = torch.device("cuda")
+    shape = (3, 32, 32)
+    overhead = allocator_overhead(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, 2, cuda)
+    batches = Batches(random_bundle(64, shape), torch.arange(64), 32, cuda)
+    result = train_local(lambda: frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
+    measured = result.memory["cuda"]
+    assert overhead >= 0 and abs(overhead - measured["overhead"]) <= 0.05 * measured["task_peak"]
+
+
+def test_the_nvml_sampler_keeps_a_peak_freed_before_the_end():
+    """A start/end delta reads nothing when memory is back down at the end; the sampler keeps it."""
+    values = iter([100, 500, 200])
+    calls = []
+
+    def read() -> int:
+        calls.append(1)
+        return next(values, 200)
+
+    sampler = sources.PeakSampler(read, interval=0.001)
+    deadline = time.monotonic() + 10
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sampler.stop() == {"peak": 500, "start": 100, "delta": 400, "interval_us": 1000}
 
 
 def test_short_batches_do_not_hide_the_peak():

@@ -25,7 +25,7 @@ def iid(labels: torch.Tensor, clients: int, cfg: DataConfig, g: torch.Generator)
     return [chunk.sort().values for chunk in perm.tensor_split(clients)]
 
 
-MAX_DRAWS = 200
+MAX_DRAWS = 1000
 
 
 def dirichlet_proportions(alpha: float, n: int, g: torch.Generator) -> torch.Tensor:

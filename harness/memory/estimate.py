@@ -9,7 +9,7 @@ of what the client downloads (its model's state) and uploads, for the device tim
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,13 +49,20 @@ class TaskCost:
     flops_per_sample: float  # FLOPs of one training step, per sample of the batch
     bytes_down: int  # the model's state the client receives
     bytes_up: int  # what it sends back
+    overhead: int = 0  # the GPU allocator's bytes beyond the peak, measured (``measure.gate = "allocator"``)
+
+    @property
+    def need(self) -> int:
+        """The bytes the memory gate compares with a device's budget."""
+        return self.memory.peak + self.overhead
 
 
 def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
-                  batch_size: int, optimizer: OptimizerConfig, steps: int = 2,
+                  batch_size: int | Sequence[int], optimizer: OptimizerConfig, steps: int = 2,
                   device: torch.device | str = "cpu") -> TaskCost:
-    """Memory peak, FLOPs and bytes of ``steps`` training steps of ``build_task()`` at ``batch_size``."""
-    from harness.training import measure_task, tensor_bytes
+    """Memory peak, FLOPs and bytes of ``steps`` training steps of ``build_task()`` at ``batch_size``,
+    or of one step per batch size of a sequence (a client's short batches)."""
+    from harness.training import measure_steps, tensor_bytes
 
     device = torch.device(device)
     built = []
@@ -64,13 +71,14 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
         built.append(build_task())
         return built[0]
 
+    sizes = [batch_size] * steps if isinstance(batch_size, int) else list(batch_size)
     with FakeTensorMode(), device, FlopCounter() as counter:
-        x = torch.randn(batch_size, *input_shape, device=device)
-        y = torch.randint(0, num_classes, (batch_size,), device=device)
-        memory = measure_task(build, x, y, optimizer, steps)
+        inputs = {b: (torch.randn(b, *input_shape, device=device), torch.randint(0, num_classes, (b,), device=device))
+                  for b in set(sizes)}
+        memory = measure_steps(build, [inputs[b] for b in sizes], optimizer)
         task = built[0]
         down, up = tensor_bytes(task.model.state_dict()), tensor_bytes(task.upload(task.model))
-    return TaskCost(memory, counter.total / (steps * batch_size), down, up)
+    return TaskCost(memory, counter.total / max(1, sum(sizes)), down, up)
 
 
 def estimate_peak(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,

@@ -7,7 +7,10 @@ record, never written as zero.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,8 +40,12 @@ def rss_peak() -> int:
     return _status_kib("VmHWM") * 1024
 
 
+NVML_INTERVAL_S = 0.005  # how often the NVML sampler reads the GPU's memory in use
+
+
 class _Nvml:
-    """nvidia-ml-py's view of a GPU: used bytes as the driver sees them, all processes included."""
+    """nvidia-ml-py's view of a GPU: bytes in use as the driver sees them. This process's own use
+    where the driver lists it (not in every container's PID namespace), else the whole device's."""
 
     def __init__(self, index: int) -> None:
         import pynvml
@@ -46,8 +53,19 @@ class _Nvml:
         pynvml.nvmlInit()
         self._pynvml = pynvml
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.process = self._own() is not None
+
+    def _own(self) -> int | None:
+        for proc in self._pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return int(proc.usedGpuMemory)
+        return None
 
     def used(self) -> int:
+        if self.process:
+            own = self._own()
+            if own is not None:
+                return own
         return int(self._pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
 
@@ -60,20 +78,47 @@ def nvml_for(device: torch.device) -> _Nvml | None:
         return None
 
 
+class PeakSampler:
+    """The peak of ``read()`` sampled in a background thread every ``interval`` seconds, plus a read
+    at the start and at the stop; a start/end delta would miss whatever was freed in between."""
+
+    def __init__(self, read: Callable[[], int], interval: float = NVML_INTERVAL_S) -> None:
+        self._read, self.interval = read, interval
+        self.start = self.peak = read()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="nvml-sampler", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            self.peak = max(self.peak, self._read())
+
+    def stop(self) -> dict[str, int]:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+        return {"peak": self.peak, "start": self.start, "delta": self.peak - self.start,
+                "interval_us": round(self.interval * 1e6)}
+
+
 class Probes:
-    """Starts the sources before a client's task is built and reads their peaks at ``stop()``."""
+    """Starts the sources before a client's task is built and reads their peaks at ``stop()``.
+
+    On a GPU the allocator's cache is emptied first, so that NVML's reading starts from what is
+    really held and the task's own reservations show in its peak."""
 
     def __init__(self, device: torch.device, rss: bool) -> None:
         self.device = device
         self._records: dict[str, dict[str, int]] | None = None
         self._rss_start = reset_rss_peak() if rss and rss_supported() else None
-        self._nvml = nvml_for(device)
+        nvml = nvml_for(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             self._cuda_start = torch.cuda.memory_allocated(device)
-        if self._nvml is not None:
-            self._nvml_start = self._nvml.used()
+        self._nvml = PeakSampler(nvml.used) if nvml is not None else None
+        self._nvml_process = int(nvml.process) if nvml is not None else 0
 
     def rebase(self) -> None:
         """Restart the peaks, keeping the starts: what was built since the start and is still held
@@ -93,20 +138,21 @@ class Probes:
             records["rss"] = {"peak": peak, "start": self._rss_start, "delta": peak - self._rss_start}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            records["cuda"] = {
-                "allocated_peak": torch.cuda.max_memory_allocated(self.device),
-                "reserved_peak": torch.cuda.max_memory_reserved(self.device),
-                "allocated_start": self._cuda_start,
-            }
-            records["cuda"]["delta"] = records["cuda"]["allocated_peak"] - self._cuda_start
+            peak = torch.cuda.max_memory_allocated(self.device)
+            records["cuda"] = {"allocated_peak": peak, "reserved_peak": torch.cuda.max_memory_reserved(self.device),
+                               "allocated_start": self._cuda_start, "task_peak": peak - self._cuda_start}
         if self._nvml is not None:
-            used = self._nvml.used()
-            records["nvml"] = {"used": used, "start": self._nvml_start, "delta": used - self._nvml_start}
+            records["nvml"] = {**self._nvml.stop(), "process": self._nvml_process}
         self._records = records
 
-    def records(self) -> dict[str, dict[str, int]]:
+    def records(self, tensor_peak: int | None = None) -> dict[str, dict[str, int]]:
+        """The sources' records; given the tracker's peak, ``cuda`` also names the allocator's
+        ``overhead`` over it (cuDNN workspaces, block rounding, fragmentation)."""
         self.stop()
-        return self._records or {}
+        records = dict(self._records or {})
+        if "cuda" in records and tensor_peak is not None:
+            records["cuda"] = {**records["cuda"], "overhead": records["cuda"]["task_peak"] - tensor_peak}
+        return records
 
 
 def start_probes(device: torch.device, rss: bool = True) -> Probes:
