@@ -83,9 +83,10 @@ def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, device, estimator)
     tasks = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
     tasks = [("full model (FedAvg)", *tasks[0][1:])]
-    if args.method != "fedavg":
-        cls = METHODS[args.method]
-        tasks += method_tasks(cls, cls.parse_params({}), ctx)
+    names = [n.strip() for n in args.method.split(",") if n.strip() and n.strip() != "fedavg"]
+    for name in names:
+        cls = METHODS[name]
+        tasks += method_tasks(cls, cls.parse_params({}), ctx, f"{name}: " if len(names) > 1 else "")
     title = (f"{args.model} width {args.width:g}, input {args.input}, batch {args.batch}, {args.classes} classes, "
              f"SGD momentum {args.momentum:g}, {args.steps} steps")
     return MemoryTable(title, shape, args.classes, args.batch, optimizer, args.steps, device, tasks)
@@ -136,7 +137,7 @@ def measure_for_real(table: MemoryTable, method: Method, spec: TaskSpec) -> dict
     data = DataBundle("random", x, y, x, y, table.num_classes, (0.5,) * shape[0], (0.25,) * shape[0])
     batches = Batches(data, torch.arange(n), table.batch, table.device)
     baseline = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
-    train = (lambda: method.build_task(spec), batches, 1, table.optimizer, table.steps)
+    train = (lambda: spec.trained(method.build_task(spec)), batches, 1, table.optimizer, table.steps)
     peak_mb, result = memory_usage((train_local, train), interval=0.005, max_usage=True, retval=True)
     row = {"tensor": result.memory["tensor"]["peak"] / MB, "memory-profiler": peak_mb - baseline,
            "pid": os.getpid()}
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--width", type=positive(float), default=1.0, help="model width in (0, 1]")
     mem.add_argument("--momentum", type=float, default=0.9)
     mem.add_argument("--steps", type=positive(int), default=2, help="steps simulated (2: optimizer state exists)")
-    mem.add_argument("--method", default="fedavg", help="also tabulate this method's tasks (stages, widths)")
+    mem.add_argument("--method", default="fedavg",
+                     help="also tabulate these methods' tasks (stages, widths, micro-batches), e.g. microbatch,neulite")
     mem.add_argument("--measure", action="store_true",
                      help="also train each task for real and compare with the tracker, RSS and memory-profiler")
     mem.set_defaults(func=cmd_memory)

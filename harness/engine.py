@@ -282,7 +282,7 @@ class Run:
         g = torch.Generator().manual_seed(derived_seed(self.seed, rnd, c.position, 2))
         batches = Batches(self.data, self.parts[c.position], self.cfg.batch_size, self.device,
                           self.cfg.data.augment, generator=g)
-        local = train_local(lambda: self.method.client_task(rnd, c.device, c.spec), batches,
+        local = train_local(lambda: self.method.trained_task(rnd, c.device, c.spec), batches,
                             self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps, self.cfg.measure.rss,
                             context=f"{self.tag} round {rnd}, device {c.device.id}")
         return ClientResult(c.device, c.spec, local)

@@ -29,17 +29,39 @@ from harness.training import LocalResult, Task, allocator_overhead
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A hashable description of what a client trains, e.g. ``TaskSpec("width", 0.5)``."""
+    """A hashable description of what a client trains, e.g. ``TaskSpec("width", 0.5)``, and how:
+    in micro-batches with gradient accumulation, with the first blocks' activations recomputed
+    (any method's task may be trained so; ``Method.fitting`` finds the cheapest way that fits)."""
 
     kind: str
     value: float | int | None = None
+    micro_batch: int = 0  # micro-batch size, gradients accumulated to the suite's batch (0: none)
+    checkpointed: int = 0  # leading blocks whose activations are recomputed in the backward pass
 
     @property
     def label(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}={self.value:g}"
+        label = self.kind if self.value is None else f"{self.kind}={self.value:g}"
+        return label + (f" mb={self.micro_batch}" if self.micro_batch else "") + \
+            (f" ckpt={self.checkpointed}" if self.checkpointed else "")
 
     def to_record(self) -> dict[str, Any]:
-        return {"task": self.label, self.kind: self.value}
+        record = {"task": self.label, self.kind: self.value}
+        if self.micro_batch:
+            record["micro_batch"] = self.micro_batch
+        if self.checkpointed:
+            record["checkpointed"] = self.checkpointed
+        return record
+
+    def trained(self, task: Task) -> Task:
+        """``task`` set up to be trained as this spec says (micro-batches, checkpointed blocks)."""
+        task.micro_batch = self.micro_batch
+        if self.checkpointed:
+            blocks = getattr(task.model, "num_blocks", 0)
+            if not isinstance(task.model, BlockModel) or self.checkpointed > blocks:
+                raise ConfigError(f"{self.label}: checkpointing needs a model of at least {self.checkpointed} "
+                                  f"blocks; this task's model has {blocks}")
+            task.model.checkpointed = self.checkpointed
+        return task
 
 
 @dataclass(frozen=True)
@@ -156,7 +178,7 @@ class Method(ABC):
         """What ``spec`` costs a client (of ``device``: at the batch it can form): its training
         peak, FLOPs per sample and bytes exchanged."""
         return self.ctx.estimator((type(self).__name__, self.params_key(), spec),
-                                  lambda: self.build_task(spec), self.ctx.samples(device))
+                                  lambda: spec.trained(self.build_task(spec)), self.ctx.samples(device))
 
     def estimate(self, spec: TaskSpec, device: Device | None = None) -> MemoryReport:
         return self.cost(spec, device).memory
@@ -186,6 +208,33 @@ class Method(ABC):
             return Excluded("the method offers no task")
         spec, need = smallest
         return Excluded(over_budget(device, spec, need), spec)
+
+    def fitting(self, spec: TaskSpec, device: Device, micro_batches: Iterable[int] = (),
+                checkpoint: bool = False) -> TaskSpec | Excluded:
+        """``spec`` trained the cheapest way that fits the device (see ``fitting_options``)."""
+        return self.largest_fitting(self.fitting_options(spec, micro_batches, checkpoint), device)
+
+    def fitting_options(self, spec: TaskSpec, micro_batches: Iterable[int] = (),
+                        checkpoint: bool = False) -> list[TaskSpec]:
+        """The ways to train ``spec``, cheapest in compute first: whole batches, then each
+        micro-batch of ``micro_batches`` below the suite's batch (largest first), each, with
+        ``checkpoint``, with 0, 1, ... leading blocks checkpointed."""
+        batch = self.ctx.estimator.batch_size
+        sizes = [0, *sorted({m for m in micro_batches if m < batch}, reverse=True)]
+        blocks = range(self.num_blocks(spec) + 1) if checkpoint else [0]
+        return [dataclasses.replace(spec, micro_batch=m, checkpointed=k) for m in sizes for k in blocks]
+
+    def num_blocks(self, spec: TaskSpec) -> int:
+        """Blocks of ``spec``'s model (built once on the meta device: no memory, no weights)."""
+        cache = self.__dict__.setdefault("_num_blocks", {})
+        if spec not in cache:
+            with torch.device("meta"):
+                cache[spec] = getattr(self.build_task(spec).model, "num_blocks", 0)
+        return cache[spec]
+
+    def trained_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
+        """The client's task as the harness trains it: ``client_task`` set up as ``spec`` says."""
+        return spec.trained(self.client_task(rnd, device, spec))
 
     # -- building and training ---------------------------------------------------------------
     @abstractmethod

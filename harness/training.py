@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +46,16 @@ class Task:
     model: nn.Module
     loss: LossFn = cross_entropy
     upload: Callable[[nn.Module], dict[str, torch.Tensor]] = full_state
+    micro_batch: int = 0  # accumulate gradients over micro-batches of this size (0: the whole batch at once)
+
+    def chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """The batch as the step back-propagates it: micro-batches (views) with the share of the
+        batch each stands for, so that their scaled losses sum to the batch's mean loss."""
+        if not self.micro_batch or self.micro_batch >= len(y):
+            yield x, y, 1.0
+            return
+        for xs, ys in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
+            yield xs, ys, len(ys) / len(y)
 
 
 @dataclass
@@ -106,15 +116,19 @@ def loss_terms(task: Task, x: torch.Tensor, y: torch.Tensor, phase) -> Iterator[
 
 def training_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   tracker: TensorTracker | None = None) -> torch.Tensor:
-    """One step (the sum of the loss's terms); with a tracker, each phase's new tensors are
-    labelled and roles named at the end."""
+    """One step (the loss's terms, summed over the task's micro-batches, each scaled by its share
+    of the batch); with a tracker, each phase's new tensors are labelled and roles named at the end."""
     phase = tracker.phase_of if tracker is not None else lambda _: contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
     total = None
-    for term in loss_terms(task, x, y, phase):
-        with phase("backward"):
-            term.backward()
-        total = term.detach() if total is None else total + term.detach()
+    for xs, ys, share in task.chunks(x, y):
+        for term in loss_terms(task, xs, ys, phase):
+            if share != 1.0:
+                with phase("forward"):
+                    term = term * share
+            with phase("backward"):
+                term.backward()
+            total = term.detach() if total is None else total + term.detach()
     if total is None:
         raise ValueError("the task's loss yielded no term")
     with phase("optimizer"):
@@ -131,7 +145,7 @@ def measured_step(tracker: TensorTracker, task: Task, optimizer: torch.optim.Opt
         return training_step(task, optimizer, x, y, tracker)
 
 
-def measure_steps(build: Callable[[], Task], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+def measure_steps(build: Callable[[], Task], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   cfg: OptimizerConfig, probes: sources.Probes | None = None) -> MemoryReport:
     """The tracker's report for a freshly built task trained one step on each batch; the estimate
     runs exactly this under fake tensors. With ``probes`` (started before the task is built) the

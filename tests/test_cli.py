@@ -95,6 +95,13 @@ def test_memory_of_a_suite_takes_its_data_batch_and_method_params(tmp_path, caps
     assert table_peaks(capsys.readouterr().out)["full model (FedAvg)"] == 3.61
 
 
+def test_memory_puts_several_methods_in_one_table(capsys):
+    assert main(["memory", "cnn", "--input", "1,8,8", "--method", "microbatch,neulite"]) == 0
+    peaks = table_peaks(capsys.readouterr().out)
+    assert "microbatch: full mb=8" in peaks and "neulite: stage=3" in peaks
+    assert peaks["microbatch: full"] == peaks["full model (FedAvg)"] > peaks["microbatch: full mb=1"]
+
+
 def test_memory_takes_a_model_or_a_suite(capsys):
     assert main(["memory"]) == 2
     assert "give a model" in capsys.readouterr().err

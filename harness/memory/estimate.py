@@ -73,9 +73,10 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
 
     sizes = [batch_size] * steps if isinstance(batch_size, int) else list(batch_size)
     with FakeTensorMode(), device, FlopCounter() as counter:
-        inputs = {b: (torch.randn(b, *input_shape, device=device), torch.randint(0, num_classes, (b,), device=device))
-                  for b in set(sizes)}
-        memory = measure_steps(build, [inputs[b] for b in sizes], optimizer)
+        # each batch made when its step starts, the previous one dropped, as a client's loader does
+        batches = ((torch.randn(b, *input_shape, device=device), torch.randint(0, num_classes, (b,), device=device))
+                   for b in sizes)
+        memory = measure_steps(build, batches, optimizer)
         task = built[0]
         down, up = tensor_bytes(task.model.state_dict()), tensor_bytes(task.upload(task.model))
     return TaskCost(memory, counter.total / max(1, sum(sizes)), down, up)

@@ -8,11 +8,13 @@ what is declared here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from harness.registry import Registry
 
@@ -48,8 +50,62 @@ class ClassifierHead(nn.Module):
         return self.fc(self.features(x))
 
 
+Layers = tuple[nn.Module, ...]
+
+
+def segments(block: nn.Module) -> list[Layers]:
+    """The checkpointed pieces of a block: each residual unit (a child with layers of its own)
+    closes one, with the plain layers before it, so a ResNet stage recomputes one unit at a time;
+    a block of plain layers (VGG, the CNN) is one piece."""
+    if not isinstance(block, nn.Sequential):
+        return [(block,)]
+    pieces, current = [], []
+    for child in block:
+        current.append(child)
+        if next(child.children(), None) is not None:
+            pieces.append(tuple(current))
+            current = []
+    return pieces + ([tuple(current)] if current else [])
+
+
+def run_layers(layers: Layers, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+@contextmanager
+def _statistics_kept(layers: Layers) -> Iterator[None]:
+    """While a checkpointed piece's forward is recomputed: its batch-norm layers normalise as
+    before but leave their running statistics as the first forward left them (momentum 0, the
+    batch counter put back), so checkpointing changes no number of the training."""
+    norms = [m for layer in layers for m in layer.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            m.num_batches_tracked.sub_(1)
+
+
+def checkpointed_call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` keeping only the input of each of its pieces: their activations are recomputed
+    in the backward pass (non-reentrant checkpointing). No RNG state is saved: the zoo's blocks
+    draw no random numbers."""
+    for layers in segments(block):
+        x = checkpoint(run_layers, layers, x, use_reentrant=False, preserve_rng_state=False,
+                       context_fn=lambda layers=layers: (nullcontext(), _statistics_kept(layers)))
+    return x
+
+
 class BlockModel(nn.Module):
-    """``blocks[0] -> ... -> blocks[T-1] -> head``; ``block_info[i]`` describes ``blocks[i]``."""
+    """``blocks[0] -> ... -> blocks[T-1] -> head``; ``block_info[i]`` describes ``blocks[i]``. The
+    first ``checkpointed`` blocks recompute their activations in the backward pass instead of
+    keeping them (activation checkpointing; 0: none)."""
 
     def __init__(
         self, blocks: list[nn.Module], block_info: list[BlockInfo], num_classes: int, width: float
@@ -62,14 +118,15 @@ class BlockModel(nn.Module):
         self.head = ClassifierHead(block_info[-1].out_channels, num_classes)
         self.num_classes = num_classes
         self.width = width
+        self.checkpointed = 0
 
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = checkpointed_call(block, x) if i < self.checkpointed and torch.is_grad_enabled() else block(x)
         return self.head(x)
 
 

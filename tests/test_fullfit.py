@@ -1,0 +1,118 @@
+"""The full model made to fit: micro-batches with gradient accumulation, activation checkpointing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_suite
+from torch import nn
+
+import baselines  # noqa: F401  (registration)
+from harness.config import OptimizerConfig
+from harness.engine import run_suite
+from harness.fleet import Device
+from harness.memory import estimate_task
+from harness.memory.estimate import FlopCounter
+from harness.methods import TaskSpec
+from harness.models import ModelSpec, build_model
+from harness.records import read_jsonl
+from harness.training import Task, make_optimizer, measure_task, training_step
+
+from helpers import context, method
+
+OPT = OptimizerConfig()
+FULL = TaskSpec("full")
+
+
+def trained_once(model: nn.Module, spec: TaskSpec, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """``model`` after one SGD step of ``spec``'s training (a copy; the original is untouched)."""
+    task = spec.trained(Task(copy.deepcopy(model)))
+    training_step(task, make_optimizer(task.model, OPT), x, y)
+    return task.model
+
+
+def batch(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_micro_batches_give_the_large_batchs_update_without_batch_norm():
+    """Σ (n_i / n) ∇ mean_i = ∇ mean: accumulating scaled micro-batch losses is one large batch."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnn", 10, 1, 8), 1.0, lambda c: nn.Identity())
+    x, y = batch(32, (1, 8, 8))
+    whole = trained_once(model, FULL, x, y)
+    for micro in (1, 5, 8, 16):  # 5 leaves a short last micro-batch
+        accumulated = trained_once(model, TaskSpec("full", micro_batch=micro), x, y)
+        for a, b in zip(whole.parameters(), accumulated.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_checkpointing_changes_no_number_of_the_training(name):
+    """Recomputed activations are the same activations, and batch norm's running statistics are
+    updated once per forward, not again when a block is recomputed."""
+    shape = (1, 8, 8) if name == "cnn" else (3, 16, 16)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name, 10, shape[0], shape[-1]), 0.25 if name == "resnet18" else 1.0)
+    x, y = batch(16, shape)
+    plain = trained_once(model, FULL, x, y)
+    for k in range(1, model.num_blocks + 1):
+        checkpointed = trained_once(model, TaskSpec("full", checkpointed=k), x, y)
+        for (key, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (k, key)
+
+
+@pytest.mark.parametrize(("name", "shape", "batch_size"), [
+    ("cnn", (1, 8, 8), 32), ("resnet18", (3, 32, 32), 8), ("vgg11", (3, 32, 32), 8)])
+@pytest.mark.parametrize("spec", [
+    TaskSpec("full", micro_batch=4), TaskSpec("full", checkpointed=2), TaskSpec("full", micro_batch=2, checkpointed=3)])
+def test_estimate_equals_measured_for_each_policy(name, shape, batch_size, spec):
+    build = lambda: spec.trained(Task(build_model(ModelSpec(name, 10, shape[0], shape[-1]), 1.0)))  # noqa: E731
+    estimate = estimate_task(build, shape, 10, batch_size, OPT).memory
+    x, y = batch(batch_size, shape)
+    assert measure_task(build, x, y, OPT, 2) == estimate
+
+
+def test_checkpointing_costs_one_more_forward_of_its_blocks_and_micro_batches_none():
+    m = method("checkpoint", context("resnet18", (3, 16, 16)))
+    base = m.flops_per_sample(FULL)
+    assert m.flops_per_sample(TaskSpec("full", micro_batch=2)) == base
+    with torch._subclasses.fake_tensor.FakeTensorMode(), FlopCounter() as counter:
+        model = m.ctx.build_model()
+        x = torch.randn(8, 3, 16, 16)
+        for block in model.blocks[:2]:
+            x = block(x)
+    forward_of_two = counter.total / 8
+    assert m.flops_per_sample(TaskSpec("full", checkpointed=2)) == pytest.approx(base + forward_of_two, rel=1e-9)
+
+
+def test_each_device_gets_the_cheapest_setting_that_fits():
+    m = method("microbatch", context(batch=32), micro_batches=[16, 8, 4, 64])
+    assert [s.label for s in m.memory_specs()] == ["full", "full mb=16", "full mb=8", "full mb=4"]
+    need = {s.micro_batch: m.estimate(s).peak for s in m.memory_specs()}
+    assert need[0] > need[16] > need[8] > need[4]
+    assert m.choose(1, Device(1, need[0])) == FULL
+    assert m.choose(1, Device(2, need[8] + 1)) == TaskSpec("full", micro_batch=8)
+    refused = m.choose(1, Device(3, need[4] - 1))
+    assert refused.spec == TaskSpec("full", micro_batch=4) and "mb=4" in refused.reason
+    both = method("checkpoint", context(batch=32), micro_batches=[8])
+    labels = [s.label for s in both.memory_specs()]
+    assert labels == ["full", "full ckpt=1", "full ckpt=2", "full ckpt=3",
+                      "full mb=8", "full mb=8 ckpt=1", "full mb=8 ckpt=2", "full mb=8 ckpt=3"]
+
+
+def test_a_suite_records_each_clients_setting_and_measures_what_it_estimated(tmp_path, quiet):
+    cfg = tiny_suite(rounds=2, batch_size=32, fleet={"low_mb": 0.3, "high_mb": 1.0},
+                     methods=[{"method": "microbatch"}, {"method": "checkpoint", "micro_batches": [4]}])
+    folder = run_suite(cfg, tmp_path, log=quiet)
+    for run in ("microbatch-seed0", "checkpoint-seed0"):
+        clients = read_jsonl(folder / run / "clients.jsonl")
+        trained = [c for c in clients if c["status"] == "trained"]
+        assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)
+        settings = {(c.get("micro_batch", 0), c.get("checkpointed", 0)) for c in trained}
+        assert len(settings) > 1, settings  # the fleet's spread gives devices different settings
+        assert all(c["estimate"]["peak"] <= c["budget"] for c in trained)
+        assert all(c["estimate"]["peak"] > c["budget"] for c in clients if c["status"] == "excluded")
