@@ -18,7 +18,7 @@ from harness.engine import RunExistsError, resolve_device, run_suite
 from harness.fleet import FLEETS, MB, Device, build_fleet
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
-from harness.models import MODELS, ModelSpec
+from harness.models import MODELS, ModelSpec, input_error
 from harness.plugins import PluginError
 from harness.records import RecordsError, device_name
 from harness.training import NonFiniteLossError, train_local
@@ -80,6 +80,8 @@ def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     optimizer = OptimizerConfig(momentum=args.momentum)
     estimator = Estimator(shape, args.classes, args.batch, optimizer, args.steps, device)
     spec = ModelSpec(args.model, args.classes, shape[0], shape[-1])
+    if (error := input_error(spec, args.width)) is not None:
+        raise ConfigError(f"{error}; give a larger --input")
     ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, device, estimator)
     tasks = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
     tasks = [("full model (FedAvg)", *tasks[0][1:])]
@@ -100,6 +102,8 @@ def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     shape = tuple(data.train_x.shape[1:])
     estimator = Estimator(shape, data.num_classes, cfg.batch_size, cfg.optimizer, cfg.measure.steps, device)
     spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+    if (error := input_error(spec, cfg.model.width)) is not None:
+        raise ConfigError(f"{error}; choose a model that takes {data.name} images")
     ctx = MethodContext(spec, cfg.model.width, shape, data.num_classes, build_fleet(cfg.fleet, cfg.seeds[0]),
                         cfg.seeds[0], device, estimator, rounds=cfg.rounds)
     fedavg = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)

@@ -30,7 +30,7 @@ from harness.methods import (
     TaskSpec,
     over_budget,
 )
-from harness.models import ModelSpec
+from harness.models import ModelSpec, input_error
 from harness.records import (
     RecordsError,
     RunWriter,
@@ -133,6 +133,8 @@ class Run:
                               f"it needs a CUDA device, and this run is on {device.type}")
         input_shape = tuple(data.train_x.shape[1:])
         spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+        if (error := input_error(spec, cfg.model.width)) is not None:
+            raise ConfigError(f"{error}; choose a model that takes {data.name} images")
         estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
                               cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()

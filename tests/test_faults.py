@@ -455,3 +455,14 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     assert proc.returncode in (0, 130)  # finished before the signal on a fast machine: nothing to show
     if proc.returncode == 130:
         assert err.strip() == "interrupted before anything ran"
+
+
+def test_a_model_too_deep_for_the_images_is_one_line(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=1)
+    assert main(["run", str(suite), "--out", str(tmp_path), "--set", "model.name=vgg11"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model vgg11 cannot take 1x8x8 inputs" in err
+    assert not (tmp_path / "killme").exists()
+    assert main(["memory", "vgg11", "--input", "1,28,28"]) == 2
+    assert "give a larger --input" in capsys.readouterr().err

@@ -8,11 +8,12 @@ from harness.models.base import (
     ClassifierHead,
     ModelSpec,
     build_model,
+    input_error,
     register_model,
     scaled,
 )
 
 __all__ = [
-    "MODELS", "BlockInfo", "BlockModel", "ClassifierHead", "ModelSpec", "build_model",
+    "MODELS", "BlockInfo", "BlockModel", "ClassifierHead", "ModelSpec", "build_model", "input_error",
     "register_model", "scaled",
 ]

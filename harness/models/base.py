@@ -157,3 +157,16 @@ def build_model(
     return MODELS[spec.name](
         num_classes=spec.num_classes, in_channels=spec.in_channels, width=width, norm_layer=norm_layer
     )
+
+
+def input_error(spec: ModelSpec, width: float = 1.0) -> str | None:
+    """Why ``spec``'s model cannot take its input (an image too small for its pooling), or None;
+    found by a forward pass on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        model = build_model(spec, width).eval()
+        try:
+            model(torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size))
+        except RuntimeError as err:
+            return (f"model {spec.name} cannot take {spec.in_channels}x{spec.image_size}x{spec.image_size} "
+                    f"inputs: {str(err).splitlines()[0]}")
+    return None
