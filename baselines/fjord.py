@@ -113,6 +113,7 @@ class FjORD(WidthMethod):
         """The estimate's task: every step takes the peak ``p``, which is ``p_max``."""
         task = super().build_task(spec)
         task.loss = OrderedDropout(self.shapes, spec.value, lambda: spec.value, self.params.distill)
+        task.splittable = task.checkpointable = False  # p is drawn per step; the loss swaps the weights
         return task
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
@@ -120,6 +121,7 @@ class FjORD(WidthMethod):
         rng = random.Random(derived_seed(self.ctx.seed, rnd, device.id, 0xF30D))
         allowed = self.allowed(spec.value)
         task.loss = OrderedDropout(self.shapes, spec.value, lambda: rng.choice(allowed), self.params.distill)
+        task.splittable = task.checkpointable = False
         return task
 
     def flops_per_sample(self, spec: TaskSpec) -> float:

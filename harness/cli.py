@@ -86,6 +86,9 @@ def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     tasks = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
     tasks = [("full model (FedAvg)", *tasks[0][1:])]
     names = [n.strip() for n in args.method.split(",") if n.strip() and n.strip() != "fedavg"]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ConfigError(f"--method: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(METHODS.names())}")
     for name in names:
         cls = METHODS[name]
         tasks += method_tasks(cls, cls.parse_params({}), ctx, f"{name}: " if len(names) > 1 else "")
@@ -252,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err.strerror or err}{where}; every completed round is recorded", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: every completed round is recorded; continue with --resume", file=sys.stderr)
+        print("\ninterrupted" + (": every completed round is recorded; continue with --resume"
+                                 if args.command == "run" else ""), file=sys.stderr)
         return 130
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.fleet import MB, Device
@@ -54,12 +55,16 @@ class TaskSpec:
 
     def trained(self, task: Task) -> Task:
         """``task`` set up to be trained as this spec says (micro-batches, checkpointed blocks)."""
-        task.micro_batch = self.micro_batch
-        if self.checkpointed:
-            blocks = getattr(task.model, "num_blocks", 0)
-            if not isinstance(task.model, BlockModel) or self.checkpointed > blocks:
-                raise ConfigError(f"{self.label}: checkpointing needs a model of at least {self.checkpointed} "
-                                  f"blocks; this task's model has {blocks}")
+        if self.micro_batch:
+            if not task.splittable:
+                raise ConfigError(f"{self.label}: this task's loss is not a mean over samples; it cannot be "
+                                  "trained in micro-batches")
+            task.micro_batch = self.micro_batch
+        blocks = task.model.num_blocks if isinstance(task.model, BlockModel) and task.checkpointable else 0
+        if self.checkpointed > blocks:
+            raise ConfigError(f"{self.label}: this task's model can have {blocks} blocks checkpointed (a zoo "
+                              f"model whose loss runs it with its own weights), not {self.checkpointed}")
+        if isinstance(task.model, BlockModel):
             task.model.checkpointed = self.checkpointed
         return task
 
@@ -91,6 +96,7 @@ class Estimator:
         self.optimizer, self.steps, self.device, self.epochs = optimizer, steps, device, epochs
         self.allocator = allocator  # also measure each task's allocator overhead on the GPU
         self._cache: dict[Any, TaskCost] = {}
+        self._overhead: dict[Any, int] = {}  # per task, at the full batch
 
     def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
         """The batches a client of ``samples`` samples is measured over, as ``train_local`` runs
@@ -113,9 +119,10 @@ class Estimator:
             cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
                                  device=self.device)
             if self.allocator:
-                cost = dataclasses.replace(cost, overhead=allocator_overhead(
-                    build_task, self.input_shape, self.num_classes, self.batch_size, self.optimizer, self.steps,
-                    self.device))
+                if key not in self._overhead:
+                    self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
+                                                             self.batch_size, self.optimizer, self.steps, self.device)
+                cost = dataclasses.replace(cost, overhead=self._overhead[key])
             self._cache[key, sizes] = cost
         return self._cache[key, sizes]
 
@@ -216,20 +223,25 @@ class Method(ABC):
 
     def fitting_options(self, spec: TaskSpec, micro_batches: Iterable[int] = (),
                         checkpoint: bool = False) -> list[TaskSpec]:
-        """The ways to train ``spec``, cheapest in compute first: whole batches, then each
-        micro-batch of ``micro_batches`` below the suite's batch (largest first), each, with
-        ``checkpoint``, with 0, 1, ... leading blocks checkpointed."""
+        """The ways to train ``spec`` that its task allows, in order of preference: whole batches,
+        then each micro-batch of ``micro_batches`` below the suite's batch, largest first (batch-norm
+        statistics over more samples), each, with ``checkpoint``, with 0, 1, ... leading blocks
+        checkpointed (the fewest recomputed)."""
+        splittable, blocks = self.task_traits(spec)
         batch = self.ctx.estimator.batch_size
-        sizes = [0, *sorted({m for m in micro_batches if m < batch}, reverse=True)]
-        blocks = range(self.num_blocks(spec) + 1) if checkpoint else [0]
-        return [dataclasses.replace(spec, micro_batch=m, checkpointed=k) for m in sizes for k in blocks]
+        sizes = [0, *sorted({m for m in micro_batches if m < batch}, reverse=True)] if splittable else [0]
+        depths = range(blocks + 1) if checkpoint else [0]
+        return [dataclasses.replace(spec, micro_batch=m, checkpointed=k) for m in sizes for k in depths]
 
-    def num_blocks(self, spec: TaskSpec) -> int:
-        """Blocks of ``spec``'s model (built once on the meta device: no memory, no weights)."""
-        cache = self.__dict__.setdefault("_num_blocks", {})
+    def task_traits(self, spec: TaskSpec) -> tuple[bool, int]:
+        """Whether ``spec``'s task may be split into micro-batches, and how many of its blocks may
+        be checkpointed; from one build under fake tensors (no memory), cached."""
+        cache = self.__dict__.setdefault("_task_traits", {})
         if spec not in cache:
-            with torch.device("meta"):
-                cache[spec] = getattr(self.build_task(spec).model, "num_blocks", 0)
+            with FakeTensorMode():
+                task = self.build_task(spec)
+            checkpointable = isinstance(task.model, BlockModel) and task.checkpointable
+            cache[spec] = task.splittable, task.model.num_blocks if checkpointable else 0
         return cache[spec]
 
     def trained_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:

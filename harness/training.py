@@ -47,6 +47,11 @@ class Task:
     loss: LossFn = cross_entropy
     upload: Callable[[nn.Module], dict[str, torch.Tensor]] = full_state
     micro_batch: int = 0  # accumulate gradients over micro-batches of this size (0: the whole batch at once)
+    # Whether the loss is a mean over samples (micro-batches may split the batch: not so for a loss
+    # of batch statistics, or one that samples per call), and whether the model may recompute its
+    # blocks (not so for a loss that runs the model with other weights, as FjORD's ordered dropout)
+    splittable: bool = True
+    checkpointable: bool = True
 
     def chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """The batch as the step back-propagates it: micro-batches (views) with the share of the
@@ -175,9 +180,12 @@ def allocator_overhead(build: Callable[[], Task], input_shape: tuple[int, ...], 
     block rounding, fragmentation), measured by training the task ``steps`` times on random data;
     ``measure.gate = "allocator"`` adds it to the estimate so an admitted device would not run out."""
     probes = sources.start_probes(device, rss=False)
-    x = torch.randn(batch_size, *input_shape, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
-    report = measure_task(build, x, y, cfg, steps, probes)
+    try:
+        x = torch.randn(batch_size, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (batch_size,), device=device)
+        report = measure_task(build, x, y, cfg, steps, probes)
+    finally:
+        probes.stop()
     return max(0, probes.records(report.peak)["cuda"]["overhead"])
 
 
@@ -192,34 +200,36 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
     measured but not counted: the peak needs a full batch once the optimizer state exists); the rest
     run untouched, so measurement barely changes training speed."""
     probes = sources.start_probes(batches.device, measure_rss)
-    tracker = TensorTracker()
-    task = build_tracked(tracker, build, batches.device)
-    probes.rebase()
-    model = task.model.train()
-    bytes_down = tensor_bytes(model.state_dict())
-    optimizer = make_optimizer(model, cfg)
-    start = time.perf_counter()
-    total, steps, full_measured, loss = 0.0, 0, 0, None
-    for _ in range(epochs):
-        for x, y in batches:
-            if full_measured < measure_steps:
-                loss = measured_step(tracker, task, optimizer, x, y)
-                full_measured += len(y) == batches.batch_size
-                if full_measured == measure_steps:
-                    probes.stop()
-            else:
-                loss = training_step(task, optimizer, x, y)
-            value = float(loss)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"{context}: the training loss became {value} at step {steps + 1}; "
-                                         "lower optimizer.lr or check the data")
-            total += value * len(y)
-            steps += 1
-    if batches.device.type == "cuda":
-        torch.cuda.synchronize(batches.device)
-    train_time = time.perf_counter() - start
-    probes.stop()
-    tensor = tracker.report()
+    try:
+        tracker = TensorTracker()
+        task = build_tracked(tracker, build, batches.device)
+        probes.rebase()
+        model = task.model.train()
+        bytes_down = tensor_bytes(model.state_dict())
+        optimizer = make_optimizer(model, cfg)
+        start = time.perf_counter()
+        total, steps, full_measured, loss = 0.0, 0, 0, None
+        for _ in range(epochs):
+            for x, y in batches:
+                if full_measured < measure_steps:
+                    loss = measured_step(tracker, task, optimizer, x, y)
+                    full_measured += len(y) == batches.batch_size
+                    if full_measured == measure_steps:
+                        probes.stop()
+                else:
+                    loss = training_step(task, optimizer, x, y)
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"{context}: the training loss became {value} at step {steps + 1}; "
+                                             "lower optimizer.lr or check the data")
+                total += value * len(y)
+                steps += 1
+        if batches.device.type == "cuda":
+            torch.cuda.synchronize(batches.device)
+        train_time = time.perf_counter() - start
+        tensor = tracker.report()
+    finally:  # an error (a NaN loss, out of memory) must not leave the sampler running
+        probes.stop()
     memory = {"tensor": tensor.to_record(), **probes.records(tensor.peak)}
     state = {k: v.detach().to("cpu", copy=True) for k, v in task.upload(model).items()}
     num_samples = len(batches.y)

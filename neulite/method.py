@@ -99,7 +99,8 @@ class NeuLite(Method):
         stage = int(spec.value)
         lambda1, lambda2 = self.lambdas[stage - 1]
         loss = MentorLoss(lambda1, lambda2, self.params.sigma, self.ctx.num_classes)
-        return Task(self._stage_model(self.ctx.build_model(), stage), loss, trained_state)
+        return Task(self._stage_model(self.ctx.build_model(), stage), loss, trained_state,
+                    splittable=False)  # the mentor's HSIC terms are statistics of the whole batch
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)

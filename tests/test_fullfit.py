@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from conftest import tiny_suite
 from torch import nn
 
 import baselines  # noqa: F401  (registration)
-from harness.config import OptimizerConfig
+from harness.config import ConfigError, OptimizerConfig
 from harness.engine import run_suite
 from harness.fleet import Device
 from harness.memory import estimate_task
@@ -74,6 +75,33 @@ def test_estimate_equals_measured_for_each_policy(name, shape, batch_size, spec)
     estimate = estimate_task(build, shape, 10, batch_size, OPT).memory
     x, y = batch(batch_size, shape)
     assert measure_task(build, x, y, OPT, 2) == estimate
+
+
+def test_a_second_backward_recomputes_again_and_counts_batch_norm_once():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnn", 10, 1, 8), 1.0)
+    model.checkpointed = 2
+    x, y = batch(8, (1, 8, 8))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert all(m.num_batches_tracked.item() == 1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize(("name", "splittable", "blocks"), [
+    ("fedprox", True, 3), ("depthfl", True, 0), ("fjord", False, 0), ("neulite", False, 0), ("heterofl", True, 3)])
+def test_any_method_is_offered_only_the_settings_its_task_allows(name, splittable, blocks):
+    """FjORD draws a width per step and runs the model with other weights, NeuLite's mentor uses
+    statistics of the whole batch: neither is split or recomputed; DepthFL's model has exits."""
+    m = method(name)
+    spec = m.memory_specs()[0]
+    options = m.fitting_options(spec, [4], checkpoint=True)
+    assert {(o.micro_batch, o.checkpointed) for o in options} == {
+        (mb, k) for mb in ((0, 4) if splittable else (0,)) for k in range(blocks + 1)}
+    assert all(m.estimate(o).peak > 0 for o in options)
+    if not splittable:
+        with pytest.raises(ConfigError, match="not a mean over samples"):
+            dataclasses.replace(spec, micro_batch=4).trained(m.build_task(spec))
 
 
 def test_checkpointing_costs_one_more_forward_of_its_blocks_and_micro_batches_none():

@@ -182,6 +182,23 @@ def test_allocator_overhead_is_measured_once_per_task_on_gpu():
     assert overhead >= 0 and abs(overhead - measured["overhead"]) <= 0.05 * measured["task_peak"]
 
 
+def test_a_failing_nvml_read_ends_the_sampling_not_the_training():
+    calls = []
+
+    def read() -> int:
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return 100 * len(calls)
+
+    sampler = sources.PeakSampler(read, interval=0.001)
+    deadline = time.monotonic() + 10
+    while sampler._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not sampler._thread.is_alive()
+    assert sampler.stop() == {"peak": 200, "start": 100, "delta": 100, "interval_us": 1000}
+
+
 def test_the_nvml_sampler_keeps_a_peak_freed_before_the_end():
     """A start/end delta reads nothing when memory is back down at the end; the sampler keeps it."""
     values = iter([100, 500, 200])

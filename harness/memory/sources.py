@@ -53,7 +53,8 @@ class _Nvml:
         pynvml.nvmlInit()
         self._pynvml = pynvml
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self.process = self._own() is not None
+        self._last_own = self._own()
+        self.process = self._last_own is not None  # one scope for the whole task
 
     def _own(self) -> int | None:
         for proc in self._pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
@@ -62,10 +63,10 @@ class _Nvml:
         return None
 
     def used(self) -> int:
-        if self.process:
+        if self.process:  # a process briefly missing from the list keeps its last reading
             own = self._own()
-            if own is not None:
-                return own
+            self._last_own = own if own is not None else self._last_own
+            return self._last_own
         return int(self._pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
 
@@ -91,12 +92,18 @@ class PeakSampler:
 
     def _sample(self) -> None:
         while not self._done.wait(self.interval):
-            self.peak = max(self.peak, self._read())
+            try:
+                self.peak = max(self.peak, self._read())
+            except Exception:  # a driver error ends the sampling, not the training
+                return
 
     def stop(self) -> dict[str, int]:
         self._done.set()
         self._thread.join()
-        self.peak = max(self.peak, self._read())
+        try:
+            self.peak = max(self.peak, self._read())
+        except Exception:
+            pass
         return {"peak": self.peak, "start": self.start, "delta": self.peak - self.start,
                 "interval_us": round(self.interval * 1e6)}
 

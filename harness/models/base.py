@@ -8,8 +8,8 @@ what is declared here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -54,15 +54,15 @@ Layers = tuple[nn.Module, ...]
 
 
 def segments(block: nn.Module) -> list[Layers]:
-    """The checkpointed pieces of a block: each residual unit (a child with layers of its own)
-    closes one, with the plain layers before it, so a ResNet stage recomputes one unit at a time;
-    a block of plain layers (VGG, the CNN) is one piece."""
+    """The checkpointed pieces of a block: each residual unit (a child holding convolutions of its
+    own) closes one, with the plain layers before it, so a ResNet stage recomputes one unit at a
+    time; a block of plain layers (VGG, the CNN; a norm wrapper is a plain layer) is one piece."""
     if not isinstance(block, nn.Sequential):
         return [(block,)]
     pieces, current = [], []
     for child in block:
         current.append(child)
-        if next(child.children(), None) is not None:
+        if any(isinstance(m, nn.Conv2d) for m in child.modules()) and not isinstance(child, nn.Conv2d):
             pieces.append(tuple(current))
             current = []
     return pieces + ([tuple(current)] if current else [])
@@ -74,20 +74,25 @@ def run_layers(layers: Layers, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@contextmanager
-def _statistics_kept(layers: Layers) -> Iterator[None]:
-    """While a checkpointed piece's forward is recomputed: its batch-norm layers normalise as
-    before but leave their running statistics as the first forward left them (momentum 0, the
-    batch counter put back), so checkpointing changes no number of the training."""
-    norms = [m for layer in layers for m in layer.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, momenta):
+class StatisticsKept:
+    """While a checkpointed piece's forward is recomputed (each time it is: a second backward
+    recomputes again): its batch-norm layers normalise as before but leave their running
+    statistics as the first forward left them (momentum 0, the batch counter put back), so
+    checkpointing changes no number of the training."""
+
+    def __init__(self, layers: Layers) -> None:
+        self.layers = layers
+        self.momenta: list[tuple[nn.Module, float | None]] = []
+
+    def __enter__(self) -> None:
+        norms = [m for layer in self.layers for m in layer.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+        self.momenta = [(m, m.momentum) for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum in self.momenta:
             m.momentum = momentum
             m.num_batches_tracked.sub_(1)
 
@@ -98,7 +103,7 @@ def checkpointed_call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     draw no random numbers."""
     for layers in segments(block):
         x = checkpoint(run_layers, layers, x, use_reentrant=False, preserve_rng_state=False,
-                       context_fn=lambda layers=layers: (nullcontext(), _statistics_kept(layers)))
+                       context_fn=lambda layers=layers: (nullcontext(), StatisticsKept(layers)))
     return x
 
 
