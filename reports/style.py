@@ -32,7 +32,7 @@ TAB10 = sns.color_palette("tab10", 10)
 METHOD_COLORS = {
     "fedavg": TAB10[0], "exclusive": TAB10[1], "allsmall": TAB10[2], "neulite": TAB10[3],
     "heterofl": TAB10[4], "fedrolex": TAB10[5], "fjord": TAB10[6], "depthfl": TAB10[8], "fedprox": TAB10[9],
-    "microbatch": TAB10[7], "checkpoint": sns.color_palette("dark", 10)[5],
+    "microbatch": TAB10[7], "checkpoint": (0.80, 0.62, 0.0),
 }
 OTHER_COLORS = sns.color_palette("husl", 24)
 SHADES = (0.0, -0.35, 0.35, -0.6, 0.6)  # variants of a method's colour for its second, third... label
