@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -197,6 +198,39 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tables(args: argparse.Namespace) -> int:
+    from harness.tables import render, write_into
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"--models: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(MODELS.names())}")
+    batches = [int(b) for b in args.batches.split(",")]
+    text = render(models, batches, (models[0], batches[0]) if args.spot_check else None)
+    if args.into:
+        write_into(Path(args.into), text)
+        print(f"wrote the memory tables into {args.into}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from harness.overhead import compare
+
+    cfg = load_suite(args.suite, args.set or [])
+    timing = compare(cfg, args.repeats)
+    print(f"# FedAvg of suite {cfg.name}, seed {cfg.seeds[0]}, {cfg.rounds} rounds, {cfg.clients_per_round} "
+          f"clients per round, on {device_name(resolve_device(cfg.device))}; best of {args.repeats}")
+    print("| path | seconds | final accuracy |\n|---|---|---|")
+    rows = (("harness (estimates, measurement, records)", timing.harness_s, timing.harness_accuracy),
+            ("bare PyTorch loop", timing.bare_s, timing.bare_accuracy))
+    for path, seconds, accuracy in rows:
+        print(f"| {path} | {seconds:.2f} | {100 * accuracy:.1f}% |")
+    print(f"harness / bare: {timing.ratio:.2f}x")
+    return 0
+
+
 def positive(kind: type) -> Callable[[str], int | float]:
     """An argparse type: a positive int or float, else one clear error."""
     def parse(text: str) -> int | float:
@@ -239,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--measure", action="store_true",
                      help="also train each task for real and compare with the tracker, RSS and memory-profiler")
     mem.set_defaults(func=cmd_memory)
+    tab = sub.add_parser("tables", help="every method's per-task estimated peak on CIFAR shapes, as Markdown")
+    tab.add_argument("--models", default="resnet18,resnet34,vgg16")
+    tab.add_argument("--batches", default="32,64")
+    tab.add_argument("--spot-check", action=argparse.BooleanOptionalAction, default=True,
+                     help="also train each method's first task on the first model and batch, and compare")
+    tab.add_argument("--into", help="write between the memory-tables markers of this Markdown file")
+    tab.set_defaults(func=cmd_tables)
+    over = sub.add_parser("overhead", help="a suite's FedAvg through the harness against a bare PyTorch loop")
+    over.add_argument("suite", help="suite TOML file; its first seed, its FedAvg only")
+    over.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rounds=10")
+    over.add_argument("--repeats", type=positive(int), default=2,
+                      help="runs of each, alternately; the best of each counts (the first pays imports)")
+    over.set_defaults(func=cmd_overhead)
     return parser
 
 
@@ -252,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(err, ConfigError | DataError | PartitionError | PluginError) else 1
     except OSError as err:  # an unwritable, missing or full output folder: records so far are kept
         where = f" ({err.filename})" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}; every completed round is recorded", file=sys.stderr)
+        kept = "; every completed round is recorded" if args.command == "run" else ""
+        print(f"error: {err.strerror or err}{where}{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted" + (": every completed round is recorded; continue with --resume"

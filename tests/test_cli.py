@@ -108,3 +108,32 @@ def test_memory_takes_a_model_or_a_suite(capsys):
     assert main(["memory", "cnn", "--suite", "suites/quick.toml"]) == 2
     assert main(["memory", "cnn", "--set", "rounds=1"]) == 2
     assert "--suite only" in capsys.readouterr().err
+
+
+def test_overhead_runs_the_same_workload_both_ways(capsys):
+    """The bare loop is the harness's FedAvg without the harness: the same final model."""
+    from harness.overhead import compare
+
+    timing = compare(tiny_suite(rounds=2), repeats=1)
+    assert timing.harness_accuracy == timing.bare_accuracy and timing.harness_s > 0 and timing.bare_s > 0
+    assert main(["overhead", "suites/quick.toml", "--set", "rounds=1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| harness", "| bare"))]
+    assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # same accuracy
+    assert "harness / bare:" in out
+
+
+def test_memory_tables_align_each_task_across_batches(tmp_path):
+    from harness.tables import model_table, write_into
+
+    table = model_table("cnn", [16, 32])
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in table.splitlines()[2:]}
+    assert "| - | - |" in rows["microbatch", "full mb=16"]  # batch 16 has no micro-batch of 16
+    assert rows["fedavg", "full"].endswith("| 100.0% | 47.11 | 100.0% |")
+    stage1 = [c.strip() for c in rows["neulite", "stage=1"].strip("|").split("|")]
+    assert float(stage1[2]) < float(stage1[4])  # the same stage at the larger batch needs more
+    doc = tmp_path / "b.md"
+    doc.write_text("# B\n\nbefore\n")
+    write_into(doc, "one")
+    write_into(doc, "two")
+    assert doc.read_text() == "# B\n\nbefore\n\n<!-- memory-tables:start -->\ntwo\n<!-- memory-tables:end -->\n"

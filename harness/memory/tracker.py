@@ -14,6 +14,7 @@ Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks 
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map_only
 
 # Ops whose output aliases a tensor made outside the dispatcher (``torch.tensor(...)``): new memory,
 # although their schema says alias. Other aliasing outputs (views, in-place results) are storages
@@ -42,6 +42,13 @@ class MemoryReport:
 
     def to_record(self) -> dict[str, int]:
         return {"peak": self.peak, **self.categories}
+
+
+@functools.cache
+def _fresh_returns(func) -> tuple[bool, ...]:
+    """Per return of ``func``: whether it is new memory (it aliases nothing, or aliases a tensor
+    made outside the dispatcher); read from the op's schema once."""
+    return tuple(ret.alias_info is None or func in FRESH_ALIASES for ret in func._schema.returns)
 
 
 class _Storage:
@@ -106,11 +113,19 @@ class TensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        returns = func._schema.returns
-        values = out if len(returns) > 1 else (out,)
-        for ret, value in zip(returns, values):
-            if ret.alias_info is None or func in FRESH_ALIASES:
-                tree_map_only(torch.Tensor, lambda t: self._add(t.untyped_storage(), self.phase), value)
+        fresh = _fresh_returns(func)
+        if not any(fresh):
+            return out
+        values = out if len(fresh) > 1 else (out,)
+        for is_fresh, value in zip(fresh, values):
+            if not is_fresh:
+                continue
+            if isinstance(value, torch.Tensor):
+                self._add(value.untyped_storage(), self.phase)
+            elif isinstance(value, list | tuple):  # e.g. split's list of tensors
+                for t in value:
+                    if isinstance(t, torch.Tensor):
+                        self._add(t.untyped_storage(), self.phase)
         return out
 
     # -- what the caller tells the tracker ---------------------------------------------------

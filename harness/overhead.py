@@ -1,0 +1,90 @@
+"""What the harness costs: a suite's FedAvg run through the harness against the same workload in a
+bare PyTorch loop built from the project's own data pipeline, model, optimizer, aggregation and
+evaluation (``python -m harness overhead``). Both run in one process, one after the other, so
+their ratio is meaningful on that machine."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from harness.config import MethodEntry, SuiteConfig
+from harness.data import Batches, load_data, partition
+from harness.engine import derived_seed, resolve_device, run_suite
+from harness.fleet import build_fleet
+from harness.methods import weighted_average
+from harness.models import ModelSpec, build_model
+from harness.records import read_jsonl
+from harness.training import Task, evaluate, make_optimizer, training_step
+
+
+@dataclass(frozen=True)
+class Timing:
+    harness_s: float
+    bare_s: float
+    harness_accuracy: float  # the same workload gives the same model: a check that it is the same
+    bare_accuracy: float
+
+    @property
+    def ratio(self) -> float:
+        return self.harness_s / self.bare_s
+
+
+def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
+    """Seconds and final accuracy of ``cfg.rounds`` rounds of FedAvg as a plain loop: the same
+    data, partition, clients per round, local epochs, batches and evaluation each round; no
+    estimate, measurement, records or checkpoint."""
+    device = resolve_device(cfg.device)
+    start = time.perf_counter()
+    data = load_data(cfg.data)
+    devices = len(build_fleet(cfg.fleet, seed))
+    parts = partition(data.train_y, devices, cfg.data, seed)
+    spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+    torch.manual_seed(derived_seed(seed, 0))
+    model = build_model(spec, cfg.model.width)
+    test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
+    for rnd in range(1, cfg.rounds + 1):
+        g = torch.Generator().manual_seed(derived_seed(seed, rnd, 0xC11E47))
+        chosen = sorted(torch.randperm(devices, generator=g)[:cfg.clients_per_round].tolist())
+        states, weights = [], []
+        for position in chosen:
+            local = build_model(spec, cfg.model.width).to(device)
+            local.load_state_dict(model.state_dict())
+            task = Task(local.train())
+            optimizer = make_optimizer(local, cfg.optimizer)
+            batches = Batches(data, parts[position], cfg.batch_size, device, cfg.data.augment,
+                              generator=torch.Generator().manual_seed(derived_seed(seed, rnd, position, 2)))
+            for _ in range(cfg.local_epochs):
+                for x, y in batches:
+                    float(training_step(task, optimizer, x, y))  # the loss is read, as the harness does
+            states.append({k: v.detach().to("cpu") for k, v in local.state_dict().items()})
+            weights.append(len(parts[position]))
+        model.load_state_dict(weighted_average(states, weights))
+        accuracy, _ = evaluate(model, test)
+    return time.perf_counter() - start, accuracy
+
+
+def harness_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
+    """Seconds and final accuracy of the same FedAvg run through ``run_suite``, measurement and
+    records on."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        folder = run_suite(cfg, out, log=lambda *_: None)
+        seconds = time.perf_counter() - start
+        return seconds, read_jsonl(folder / f"fedavg-seed{seed}" / "rounds.jsonl")[-1]["accuracy"]
+
+
+def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
+    """The suite's FedAvg (one seed), through the harness and bare, ``repeats`` times each
+    alternately; the best time of each (the least disturbed by other work on the machine)."""
+    seed = cfg.seeds[0]
+    cfg = replace(cfg, seeds=[seed], methods=[MethodEntry("fedavg", "fedavg")])
+    harness_runs, bare_runs = [], []
+    for _ in range(repeats):
+        harness_runs.append(harness_fedavg(cfg, seed))
+        bare_runs.append(bare_fedavg(cfg, seed))
+    (harness_s, harness_acc), (bare_s, bare_acc) = min(harness_runs), min(bare_runs)
+    return Timing(harness_s, bare_s, harness_acc, bare_acc)
