@@ -10,6 +10,7 @@ from harness.config import OptimizerConfig
 from harness.fleet import Device
 from harness.methods import METHODS, ClientResult, Estimator, Method, MethodContext, TaskSpec
 from harness.models import ModelSpec
+from harness.records import read_jsonl
 from harness.training import LocalResult
 
 SHAPE = (1, 8, 8)
@@ -34,3 +35,22 @@ def method(name: str, ctx: MethodContext | None = None, **params: Any) -> Method
 def uploaded(device: int, spec: TaskSpec, state: dict[str, torch.Tensor], samples: int = 10) -> ClientResult:
     """A client's result as ``aggregate`` sees it, with the given upload."""
     return ClientResult(Device(device, 2**40), spec, LocalResult(state, samples, 1, 0.0, 0.0, 0, 0))
+
+
+TIMING = {"train_time", "round_time", "wall_time"}
+
+
+def records(folder) -> tuple[list[dict], list[dict]]:
+    """A run folder's round and client records."""
+    return read_jsonl(folder / "rounds.jsonl"), read_jsonl(folder / "clients.jsonl")
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    """Records without what differs between two identical runs: wall times and the process RSS."""
+    out = []
+    for row in rows:
+        row = {k: v for k, v in row.items() if k not in TIMING}
+        if "memory" in row:
+            row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
+        out.append(row)
+    return out

@@ -14,23 +14,7 @@ from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
 from harness.training import NonFiniteLossError
 
-from helpers import context, method
-
-TIMING = {"train_time", "round_time", "wall_time"}
-
-
-def records(folder):
-    return read_jsonl(folder / "rounds.jsonl"), read_jsonl(folder / "clients.jsonl")
-
-
-def without_times(rows):
-    out = []
-    for row in rows:
-        row = {k: v for k, v in row.items() if k not in TIMING}
-        if "memory" in row:  # the process RSS is not a property of the run
-            row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
-        out.append(row)
-    return out
+from helpers import context, method, records, without_times
 
 
 def test_records_of_a_run(tmp_path, quiet):

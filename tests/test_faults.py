@@ -25,21 +25,7 @@ from harness.data.datasets import DataError
 from harness.engine import run_suite
 from harness.records import CHECKPOINT, RecordsError, RunWriter, SuiteLock, read_jsonl
 
-TIMING = {"train_time", "round_time", "wall_time"}
-
-
-def without_times(rows):
-    out = []
-    for row in rows:
-        row = {k: v for k, v in row.items() if k not in TIMING}
-        if "memory" in row:  # the process RSS is not a property of the run
-            row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
-        out.append(row)
-    return out
-
-
-def records(folder):
-    return read_jsonl(folder / "rounds.jsonl"), read_jsonl(folder / "clients.jsonl")
+from helpers import records, without_times
 
 
 # ---- killed runs ---------------------------------------------------------------------------------
