@@ -113,8 +113,16 @@ class Estimator:
             sizes.append(size)
         return tuple(sizes)
 
+    @staticmethod
+    def canonical(sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """The shortest batch sequence with the same peak: every step after the first starts from
+        the same state (the optimizer's, the previous loss) and a step's peak grows with its
+        batch, so the largest later step stands for all of them. Exact, and clients of different
+        sizes share an estimate (a full batch then its short one, twice: as two full batches)."""
+        return sizes if len(sizes) <= 2 else (sizes[0], max(sizes[1:]))
+
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
-        sizes = self.batch_sizes(samples)
+        sizes = self.canonical(self.batch_sizes(samples))
         if (key, sizes) not in self._cache:
             cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
                                  device=self.device)

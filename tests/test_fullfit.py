@@ -16,12 +16,12 @@ from harness.engine import run_suite
 from harness.fleet import Device
 from harness.memory import estimate_task
 from harness.memory.estimate import FlopCounter
-from harness.methods import TaskSpec
+from harness.methods import Estimator, TaskSpec
 from harness.models import ModelSpec, build_model
 from harness.records import read_jsonl
 from harness.training import Task, make_optimizer, measure_task, training_step
 
-from helpers import context, method
+from helpers import SHAPE, context, method
 
 OPT = OptimizerConfig()
 FULL = TaskSpec("full")
@@ -144,3 +144,17 @@ def test_a_suite_records_each_clients_setting_and_measures_what_it_estimated(tmp
         assert len(settings) > 1, settings  # the fleet's spread gives devices different settings
         assert all(c["estimate"]["peak"] <= c["budget"] for c in trained)
         assert all(c["estimate"]["peak"] > c["budget"] for c in clients if c["status"] == "excluded")
+
+
+@pytest.mark.parametrize(("name", "spec"), [
+    ("fedavg", ("full", None, 0)), ("microbatch", ("full", None, 8)), ("neulite", ("stage", 2, 0)),
+    ("fjord", ("width", 0.6, 0)), ("depthfl", ("depth", 2, 0))])
+def test_the_largest_later_step_stands_for_all_later_steps(name, spec):
+    """Every step after the first starts from the same state and peaks higher with a larger
+    batch, so (first, largest later) has the same peak, breakdown and all, as the whole sequence."""
+    m = method(name, context(batch=32))
+    task_spec = TaskSpec(spec[0], spec[1], micro_batch=spec[2])
+    build = lambda: task_spec.trained(m.build_task(task_spec))  # noqa: E731
+    for sizes in [(32, 5, 32), (32, 32, 7), (20, 20, 20), (32, 7, 32, 3)]:
+        whole = estimate_task(build, SHAPE, 10, sizes, OPT).memory
+        assert estimate_task(build, SHAPE, 10, Estimator.canonical(sizes), OPT).memory == whole, sizes

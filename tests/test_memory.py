@@ -285,3 +285,4 @@ def test_state_a_task_holds_counts_however_it_is_held(how):
     for report in (measure_task(holding, x, y, OPT, 2), estimate_peak(holding, shape, 10, 32, OPT)):
         assert report.peak == base.peak + copy
         assert report.categories == {**base.categories, "state": copy}
+
