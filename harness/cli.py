@@ -18,7 +18,7 @@ from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, P
 from harness.engine import RunExistsError, resolve_device, run_suite
 from harness.fleet import FLEETS, MB, Device, build_fleet
 from harness.memory import CATEGORIES
-from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
+from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import MODELS, ModelSpec, input_error
 from harness.plugins import PluginError
 from harness.records import RecordsError, device_name
@@ -164,25 +164,32 @@ def measure_row(args: argparse.Namespace, index: int) -> dict[str, float]:
     return measure_for_real(table, method, spec)
 
 
-def measure_rows(args: argparse.Namespace, count: int) -> Iterator[dict[str, float]]:
+def measure_rows(args: argparse.Namespace, indices: list[int]) -> Iterator[dict[str, float]]:
     spawn = multiprocessing.get_context("spawn")
-    for index in range(count):
+    for index in indices:
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             yield pool.submit(measure_row, args, index).result()
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
     table = memory_table(args)
-    rows = [(label, method.estimate(spec).to_record()) for label, method, spec in table.tasks]
-    full = rows[0][1]["peak"]
+    rows, untrainable = [], []
+    for index, (label, method, spec) in enumerate(table.tasks):
+        try:
+            rows.append((index, label, method.estimate(spec).to_record()))
+        except TaskError as err:  # e.g. micro-batches of one through batch norm on 1x1 feature maps
+            untrainable.append(str(err))
+    full = rows[0][2]["peak"]
     head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
     print(f"# estimated training peak: {table.title}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for label, rec in rows:
+    for _, label, rec in rows:
         cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
                  f"{100 * (rec['peak'] / full - 1):+.1f}%"]
         print("| " + " | ".join(cells) + " |")
+    for reason in untrainable:
+        print(f"not in the table: {reason}")
     if args.measure:
         gpu = table.device.type == "cuda"
         extra = ["allocator task peak", "allocator overhead", "nvml peak delta"] if gpu else []
@@ -191,7 +198,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
               "(MB; rss and memory-profiler are process deltas, which include allocator caches and are never "
               "comparable byte for byte)")
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-        for (label, rec), real in zip(rows, measure_rows(args, len(rows))):
+        for (_, label, rec), real in zip(rows, measure_rows(args, [index for index, _, _ in rows])):
             cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{real[k]:.2f}" if k in real else "absent" for k in
                      ("tensor", "rss", "memory-profiler", *(("allocator", "overhead", "nvml") if gpu else ()))]]
             print("| " + " | ".join(cells) + " |")

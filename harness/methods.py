@@ -85,6 +85,10 @@ class ClientResult:
     local: LocalResult
 
 
+class TaskError(ConfigError):
+    """A task that cannot be trained at all (batch norm on one value per channel, say)."""
+
+
 class Estimator:
     """Estimated task costs (training peak, FLOPs, bytes), computed once per distinct task (fake
     tensors, no compute)."""
@@ -105,7 +109,7 @@ class Estimator:
         if samples is None:
             return (self.batch_size,) * self.steps
         full, rest = divmod(samples, self.batch_size)
-        epoch = [self.batch_size] * full + ([rest] if rest else [])
+        epoch = [self.batch_size] * full + ([rest] if rest > (1 if samples > 1 else 0) else [])  # as Batches
         sizes: list[int] = []
         for size in epoch * self.epochs:
             if sizes.count(self.batch_size) == self.steps:
@@ -124,8 +128,12 @@ class Estimator:
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
         sizes = self.canonical(self.batch_sizes(samples))
         if (key, sizes) not in self._cache:
-            cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
-                                 device=self.device)
+            try:
+                cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
+                                     device=self.device)
+            except (ValueError, RuntimeError) as err:  # the training step itself fails
+                raise TaskError(f"{key[-1].label if isinstance(key[-1], TaskSpec) else key} cannot be trained at "
+                                f"batches {list(sizes)}: {str(err).splitlines()[0]}") from None
             if self.allocator:
                 if key not in self._overhead:
                     self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
@@ -213,12 +221,18 @@ class Method(ABC):
 
     def largest_fitting(self, specs: Iterable[TaskSpec], device: Device) -> TaskSpec | Excluded:
         """The first of ``specs`` (ordered largest first) whose estimate fits the device's budget."""
-        smallest = None
+        smallest, failed = None, None
         for spec in specs:
-            need = self.need(spec, device)
+            try:
+                need = self.need(spec, device)
+            except TaskError as err:  # e.g. micro-batches of one through batch norm on 1x1 maps
+                failed = err
+                continue
             if need <= device.budget:
                 return spec
             smallest = (spec, need)
+        if smallest is None and failed is not None:
+            raise failed
         if smallest is None:
             return Excluded("the method offers no task")
         spec, need = smallest

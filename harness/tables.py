@@ -12,7 +12,7 @@ import torch
 from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.fleet import MB, Device
-from harness.methods import METHODS, Estimator, Method, MethodContext, TaskSpec
+from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import ModelSpec
 from harness.training import train_local
 
@@ -51,7 +51,11 @@ def model_table(model: str, batches: list[int]) -> str:
                 cells += ["-", "-"]
                 continue
             method, spec = columns[b][key]
-            peak = method.estimate(spec).peak
+            try:
+                peak = method.estimate(spec).peak
+            except TaskError:  # cannot be trained at this batch (batch norm on one value per channel)
+                cells += ["cannot train", "-"]
+                continue
             cells += [f"{peak / MB:.2f}", f"{100 * peak / full[b]:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

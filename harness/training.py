@@ -59,8 +59,11 @@ class Task:
         if not self.micro_batch or self.micro_batch >= len(y):
             yield x, y, 1.0
             return
-        for xs, ys in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
-            yield xs, ys, len(ys) / len(y)
+        xs, ys = list(x.split(self.micro_batch)), list(y.split(self.micro_batch))
+        if len(ys[-1]) == 1 and self.micro_batch > 1:  # batch norm cannot train on one sample: join it
+            xs[-2:], ys[-2:] = [x[-self.micro_batch - 1:]], [y[-self.micro_batch - 1:]]
+        for xc, yc in zip(xs, ys):
+            yield xc, yc, len(yc) / len(y)
 
 
 @dataclass

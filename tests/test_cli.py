@@ -71,7 +71,7 @@ def table_peaks(out: str) -> dict[str, float]:
 def test_memory_measures_each_row_in_a_fresh_process():
     """A row must not pay another's interpreter warm-up nor reuse its freed heap."""
     args = build_parser().parse_args(["memory", "cnn", "--input", "1,8,8", "--batch", "8", "--method", "allsmall"])
-    rows = list(measure_rows(args, 2))
+    rows = list(measure_rows(args, [0, 1]))
     pids = {row["pid"] for row in rows}
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(row["rss"] >= row["tensor"] > 0 for row in rows if "rss" in row)

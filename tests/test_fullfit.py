@@ -12,6 +12,7 @@ from torch import nn
 
 import baselines  # noqa: F401  (registration)
 from harness.config import ConfigError, OptimizerConfig
+from harness.data import Batches, DataBundle
 from harness.engine import run_suite
 from harness.fleet import Device
 from harness.memory import estimate_task
@@ -19,7 +20,7 @@ from harness.memory.estimate import FlopCounter
 from harness.methods import Estimator, TaskSpec
 from harness.models import ModelSpec, build_model
 from harness.records import read_jsonl
-from harness.training import Task, make_optimizer, measure_task, training_step
+from harness.training import Task, make_optimizer, measure_task, train_local, training_step
 
 from helpers import SHAPE, context, method
 
@@ -158,3 +159,26 @@ def test_the_largest_later_step_stands_for_all_later_steps(name, spec):
     for sizes in [(32, 5, 32), (32, 32, 7), (20, 20, 20), (32, 7, 32, 3)]:
         whole = estimate_task(build, SHAPE, 10, sizes, OPT).memory
         assert estimate_task(build, SHAPE, 10, Estimator.canonical(sizes), OPT).memory == whole, sizes
+
+
+def test_batch_norm_on_one_value_is_never_asked_for():
+    """ResNet-34 on 8x8 images ends in 1x1 maps: a micro-batch of one cannot train there, so it is
+    not offered; a micro-batch that would leave one sample joins it to the one before; a client
+    whose last batch would be one sample leaves it out of the epoch, in training and estimate."""
+    ctx = context("resnet34", (1, 8, 8), width=0.125, batch=16)
+    m = method("microbatch", ctx, micro_batches=[5, 1])
+    need = {s.micro_batch: m.need(s) for s in m.fitting_options(FULL, [5])}
+    assert m.choose(1, Device(1, need[5])) == TaskSpec("full", micro_batch=5)  # 16 = 5 + 5 + 6
+    refused = m.choose(1, Device(1, need[5] - 1))
+    assert refused.spec == TaskSpec("full", micro_batch=5) and "mb=5" in refused.reason
+    with pytest.raises(ConfigError, match="mb=1 cannot be trained"):
+        m.estimate(TaskSpec("full", micro_batch=1))
+    assert ctx.estimator.batch_sizes(17) == (16,) and ctx.estimator.batch_sizes(18) == (16, 2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (17, 1, 8, 8), generator=g, dtype=torch.uint8)
+    data = DataBundle("random", x, torch.arange(17) % 10, x, torch.arange(17) % 10, 10, (0.5,), (0.25,))
+    batches = Batches(data, torch.arange(17), 16, torch.device("cpu"))
+    assert len(batches) == 1 and [len(y) for _, y in batches] == [16]
+    result = train_local(lambda: m.build_task(FULL), batches, 2, OPT, 2, measure_rss=False)
+    estimate = estimate_task(lambda: m.build_task(FULL), (1, 8, 8), 10, (16, 16), OPT).memory
+    assert result.steps == 2 and result.memory["tensor"] == estimate.to_record()

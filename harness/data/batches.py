@@ -11,7 +11,9 @@ from harness.data.datasets import DataBundle
 
 
 class Batches:
-    """Shuffled mini-batches of one client's samples, as normalised float tensors on ``device``."""
+    """Shuffled mini-batches of one client's samples, as normalised float tensors on ``device``.
+    In training, a last batch of a single sample is left out of the epoch (batch norm cannot
+    train on one value per channel, which a model's last feature maps can be)."""
 
     def __init__(self, data: DataBundle, indices: torch.Tensor, batch_size: int, device: torch.device,
                  augment: bool = False, generator: torch.Generator | None = None,
@@ -24,14 +26,16 @@ class Batches:
         self.generator = generator
         self.mean = torch.tensor(data.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std).view(1, -1, 1, 1)
+        self.drop_single = train and len(self.y) > 1
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        full, rest = divmod(len(self.y), self.batch_size)
+        return full + (rest > (1 if self.drop_single else 0))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
-        for chunk in order.split(self.batch_size):
+        for chunk in order.split(self.batch_size)[:len(self)]:
             x = self.x[chunk].float().div_(255)
             if self.augment:
                 x = random_crop_flip(x, self.generator)
