@@ -16,12 +16,13 @@ import torch
 from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError, load_data
 from harness.engine import RunExistsError, resolve_device, run_suite
-from harness.fleet import FLEETS, MB, Device, build_fleet
+from harness.fleet import FLEETS, MB, build_fleet
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import MODELS, ModelSpec, input_error
 from harness.plugins import PluginError
 from harness.records import RecordsError, device_name
+from harness.tables import full_model_task, standalone_context, tasks_of
 from harness.training import NonFiniteLossError, train_local
 
 
@@ -64,13 +65,6 @@ class MemoryTable:
     tasks: list[tuple[str, Method, TaskSpec]]
 
 
-def method_tasks(cls: type[Method], params: object, ctx: MethodContext, prefix: str = "") -> list[
-        tuple[str, Method, TaskSpec]]:
-    with torch.device("meta"):  # the method's global state is never trained here
-        method = cls(params, ctx)
-    return [(prefix + s.label, method, s) for s in method.memory_specs()]
-
-
 def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     """Full-model training of ``args.model`` and, with ``--method``, each of the method's tasks."""
     if args.model not in MODELS:
@@ -79,20 +73,18 @@ def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
         raise ConfigError(f"--width must be in (0, 1], got {args.width}")
     shape = parse_shape(args.input)
     optimizer = OptimizerConfig(momentum=args.momentum)
-    estimator = Estimator(shape, args.classes, args.batch, optimizer, args.steps, device)
     spec = ModelSpec(args.model, args.classes, shape[0], shape[-1])
     if (error := input_error(spec, args.width)) is not None:
         raise ConfigError(f"{error}; give a larger --input")
-    ctx = MethodContext(spec, args.width, shape, args.classes, [Device(0, 2**62)], 0, device, estimator)
-    tasks = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
-    tasks = [("full model (FedAvg)", *tasks[0][1:])]
+    ctx = standalone_context(spec, args.width, shape, args.batch, optimizer, args.steps, device)
+    tasks = [full_model_task(ctx)]
     names = [n.strip() for n in args.method.split(",") if n.strip() and n.strip() != "fedavg"]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ConfigError(f"--method: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(METHODS.names())}")
     for name in names:
         cls = METHODS[name]
-        tasks += method_tasks(cls, cls.parse_params({}), ctx, f"{name}: " if len(names) > 1 else "")
+        tasks += tasks_of(cls, cls.parse_params({}), ctx, f"{name}: " if len(names) > 1 else "")
     title = (f"{args.model} width {args.width:g}, input {args.input}, batch {args.batch}, {args.classes} classes, "
              f"SGD momentum {args.momentum:g}, {args.steps} steps")
     return MemoryTable(title, shape, args.classes, args.batch, optimizer, args.steps, device, tasks)
@@ -110,11 +102,10 @@ def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
         raise ConfigError(f"{error}; choose a model that takes {data.name} images")
     ctx = MethodContext(spec, cfg.model.width, shape, data.num_classes, build_fleet(cfg.fleet, cfg.seeds[0]),
                         cfg.seeds[0], device, estimator, rounds=cfg.rounds)
-    fedavg = method_tasks(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)
-    tasks = [("full model (FedAvg)", *fedavg[0][1:])]
+    tasks = [full_model_task(ctx)]
     for entry in cfg.methods:
         cls = METHODS[entry.method]
-        tasks += method_tasks(cls, cls.parse_params(entry.params, f"methods ({entry.label})"), ctx,
+        tasks += tasks_of(cls, cls.parse_params(entry.params, f"methods ({entry.label})"), ctx,
                               f"{entry.label}: ")
     title = (f"suite {cfg.name}: {cfg.model.name} width {cfg.model.width:g}, data {data.name} "
              f"{'x'.join(map(str, shape))}, batch {cfg.batch_size}, {data.num_classes} classes, "

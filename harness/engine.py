@@ -91,10 +91,10 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
             estimate = method.estimate(choice.spec, device) if choice.spec is not None else None
             candidates.append(Candidate(device, position, choice.spec, estimate, choice.reason))
             continue
-        estimate = method.estimate(choice, device)
+        estimate, need = method.estimate(choice, device), method.need(choice, device)
         reason = ""
-        if method.respects_budgets and method.need(choice, device) > device.budget:
-            reason = over_budget(device, choice, method.need(choice, device))
+        if method.respects_budgets and need > device.budget:
+            reason = over_budget(device, choice, need)
         candidates.append(Candidate(device, position, choice, estimate, reason))
     return candidates
 
@@ -111,9 +111,20 @@ class Clock:
 def select(candidates: list[Candidate], k: int, policy: str, seed: int, rnd: int) -> set[int]:
     """Positions sampled to train: ``k`` from the eligible (``eligible``) or from all (``uniform``)."""
     pool = [c.position for c in candidates if not c.reason or policy == "uniform"]
+    return sample(pool, k, seed, rnd)
+
+
+def sample(pool: list[int], k: int, seed: int, rnd: int) -> set[int]:
+    """``k`` of ``pool`` drawn for round ``rnd`` of the run seeded ``seed``."""
     g = torch.Generator().manual_seed(derived_seed(seed, rnd, 0xC11E47))
-    picked = torch.randperm(len(pool), generator=g)[:k].tolist()
-    return {pool[i] for i in picked}
+    return {pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()}
+
+
+def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, device: torch.device, seed: int,
+                   rnd: int, position: int) -> Batches:
+    """The client's local batches in round ``rnd``: shuffled and augmented by its own seed."""
+    g = torch.Generator().manual_seed(derived_seed(seed, rnd, position, 2))
+    return Batches(data, indices, cfg.batch_size, device, cfg.data.augment, generator=g)
 
 
 class Run:
@@ -165,27 +176,25 @@ class Run:
             "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes),
         }
 
-    def check(self, resume: bool) -> int:
-        """Before anything is written: whether this run may start or continue. Returns the last
-        round its checkpoint covers (0 for a new run)."""
+    def check(self, resume: bool) -> dict[str, Any] | None:
+        """Before anything is written: whether this run may start or continue. Returns its
+        checkpoint (None: a new run, or one killed before its first)."""
         if not self.writer.has_records():
-            return 0
+            return None
         if not resume:
             raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
                                  "continue it, or choose another --out")
         self.check_same_config()
         checkpoint = self.writer.load_checkpoint()
-        done = 0 if checkpoint is None else checkpoint["round"]
-        self.writer.check_whole(done, len(self.fleet))
-        return done
+        self.writer.check_whole(0 if checkpoint is None else checkpoint["round"], len(self.fleet))
+        return checkpoint
 
     def execute(self, resume: bool) -> None:
         first, clock = 1, Clock()
         if not self.writer.has_records():
             self.writer.write_manifest(self.manifest())
         else:
-            self.check(resume)
-            checkpoint = self.writer.load_checkpoint()
+            checkpoint = self.check(resume)
             done = 0 if checkpoint is None else checkpoint["round"]
             if checkpoint is not None:
                 self.method.load_state_dict(checkpoint["method"])
@@ -281,9 +290,7 @@ class Run:
 
     def train_client(self, rnd: int, c: Candidate) -> ClientResult:
         torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
-        g = torch.Generator().manual_seed(derived_seed(self.seed, rnd, c.position, 2))
-        batches = Batches(self.data, self.parts[c.position], self.cfg.batch_size, self.device,
-                          self.cfg.data.augment, generator=g)
+        batches = client_batches(self.cfg, self.data, self.parts[c.position], self.device, self.seed, rnd, c.position)
         local = train_local(lambda: self.method.trained_task(rnd, c.device, c.spec), batches,
                             self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps, self.cfg.measure.rss,
                             context=f"{self.tag} round {rnd}, device {c.device.id}")
@@ -296,6 +303,9 @@ class Run:
                "estimate": c.estimate.to_record() if c.estimate else None}
         if c.spec is not None:
             row.update(c.spec.to_record())
+            need = self.method.need(c.spec, c.device)
+            if c.estimate is not None and need != c.estimate.peak:  # the allocator gate's estimate plus overhead
+                row["need"] = need
         return row
 
     @staticmethod

@@ -28,6 +28,12 @@ from harness.registry import Registry
 from harness.training import LocalResult, Task, allocator_overhead
 
 
+def checkpointable_blocks(task: Task) -> int:
+    """How many leading blocks of ``task``'s model may be checkpointed: all of a zoo model's whose
+    loss runs it with its own weights, none otherwise."""
+    return task.model.num_blocks if isinstance(task.model, BlockModel) and task.checkpointable else 0
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A hashable description of what a client trains, e.g. ``TaskSpec("width", 0.5)``, and how:
@@ -60,7 +66,7 @@ class TaskSpec:
                 raise ConfigError(f"{self.label}: this task's loss is not a mean over samples; it cannot be "
                                   "trained in micro-batches")
             task.micro_batch = self.micro_batch
-        blocks = task.model.num_blocks if isinstance(task.model, BlockModel) and task.checkpointable else 0
+        blocks = checkpointable_blocks(task)
         if self.checkpointed > blocks:
             raise ConfigError(f"{self.label}: this task's model can have {blocks} blocks checkpointed (a zoo "
                               f"model whose loss runs it with its own weights), not {self.checkpointed}")
@@ -182,6 +188,7 @@ class Method(ABC):
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
         self.ctx = ctx
+        self._task_traits: dict[TaskSpec, tuple[bool, int]] = {}
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], where: str = "params") -> Any:
@@ -240,7 +247,7 @@ class Method(ABC):
 
     def fitting(self, spec: TaskSpec, device: Device, micro_batches: Iterable[int] = (),
                 checkpoint: bool = False) -> TaskSpec | Excluded:
-        """``spec`` trained the cheapest way that fits the device (see ``fitting_options``)."""
+        """The first of ``spec``'s ``fitting_options`` that fits the device, or why none does."""
         return self.largest_fitting(self.fitting_options(spec, micro_batches, checkpoint), device)
 
     def fitting_options(self, spec: TaskSpec, micro_batches: Iterable[int] = (),
@@ -258,13 +265,11 @@ class Method(ABC):
     def task_traits(self, spec: TaskSpec) -> tuple[bool, int]:
         """Whether ``spec``'s task may be split into micro-batches, and how many of its blocks may
         be checkpointed; from one build under fake tensors (no memory), cached."""
-        cache = self.__dict__.setdefault("_task_traits", {})
-        if spec not in cache:
+        if spec not in self._task_traits:
             with FakeTensorMode():
                 task = self.build_task(spec)
-            checkpointable = isinstance(task.model, BlockModel) and task.checkpointable
-            cache[spec] = task.splittable, task.model.num_blocks if checkpointable else 0
-        return cache[spec]
+            self._task_traits[spec] = task.splittable, checkpointable_blocks(task)
+        return self._task_traits[spec]
 
     def trained_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         """The client's task as the harness trains it: ``client_task`` set up as ``spec`` says."""

@@ -13,7 +13,7 @@ import torch
 
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
-from harness.engine import derived_seed, resolve_device, run_suite
+from harness.engine import client_batches, derived_seed, resolve_device, run_suite, sample
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import ModelSpec, build_model
@@ -47,16 +47,14 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
     model = build_model(spec, cfg.model.width)
     test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
     for rnd in range(1, cfg.rounds + 1):
-        g = torch.Generator().manual_seed(derived_seed(seed, rnd, 0xC11E47))
-        chosen = sorted(torch.randperm(devices, generator=g)[:cfg.clients_per_round].tolist())
+        chosen = sorted(sample(list(range(devices)), cfg.clients_per_round, seed, rnd))
         states, weights = [], []
         for position in chosen:
             local = build_model(spec, cfg.model.width).to(device)
             local.load_state_dict(model.state_dict())
             task = Task(local.train())
             optimizer = make_optimizer(local, cfg.optimizer)
-            batches = Batches(data, parts[position], cfg.batch_size, device, cfg.data.augment,
-                              generator=torch.Generator().manual_seed(derived_seed(seed, rnd, position, 2)))
+            batches = client_batches(cfg, data, parts[position], device, seed, rnd, position)
             for _ in range(cfg.local_epochs):
                 for x, y in batches:
                     float(training_step(task, optimizer, x, y))  # the loss is read, as the harness does

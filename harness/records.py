@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,25 +171,18 @@ class RunWriter:
             raise RecordsError(f"{self.checkpoint_path} is not a harness checkpoint; rerun with another --out")
         return state
 
-    def last_round(self) -> int:
-        """The last round the round records reach (0: none)."""
-        return max((r["round"] for r in read_jsonl(self.folder / ROUNDS)), default=0)
-
     def check_whole(self, done: int, devices: int) -> None:
         """Every round up to the checkpoint's must be in both files, whole: one round line and one
         line per device each. A gap (a torn line, a deleted file) cannot be redone from this
         checkpoint, so the resume is refused, naming what is missing."""
-        rounds = read_jsonl(self.folder / ROUNDS)
-        clients = read_jsonl(self.folder / CLIENTS)
-        if done == 0 and self.last_round() > 1:  # only a kill inside round 1 leaves records without one
-            raise RecordsError(f"cannot resume {self.folder}: its records reach round {self.last_round()} but "
-                               f"its {CHECKPOINT} is missing; rerun it with another --out")
-        have = [r["round"] for r in rounds if r["round"] <= done]
-        per_round = {}
-        for c in clients:
-            per_round[c["round"]] = per_round.get(c["round"], 0) + 1
-        missing = [r for r in range(1, done + 1) if have.count(r) != 1]
-        short = [r for r in range(1, done + 1) if per_round.get(r, 0) != devices]
+        rounds = Counter(r["round"] for r in read_jsonl(self.folder / ROUNDS))
+        per_round = Counter(c["round"] for c in read_jsonl(self.folder / CLIENTS))
+        reached = max(rounds, default=0)
+        if done == 0 and reached > 1:  # only a kill inside round 1 leaves records without a checkpoint
+            raise RecordsError(f"cannot resume {self.folder}: its records reach round {reached} but its "
+                               f"{CHECKPOINT} is missing; rerun it with another --out")
+        missing = [r for r in range(1, done + 1) if rounds[r] != 1]
+        short = [r for r in range(1, done + 1) if per_round[r] != devices]
         if missing or short:
             what = (f"round lines {_rounds(missing)} in {ROUNDS}" if missing else "") + \
                    (" and " if missing and short else "") + \

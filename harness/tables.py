@@ -20,13 +20,34 @@ START, END = "<!-- memory-tables:start -->", "<!-- memory-tables:end -->"
 SHAPE, CLASSES = (3, 32, 32), 10
 
 
-def method_tasks(model: str, batch: int) -> list[tuple[str, Method, TaskSpec]]:
-    """(method name, method, task) for every registered method's tasks, default parameters."""
-    estimator = Estimator(SHAPE, CLASSES, batch, OptimizerConfig(), 2, torch.device("cpu"))
-    ctx = MethodContext(ModelSpec(model, CLASSES, SHAPE[0], SHAPE[-1]), 1.0, SHAPE, CLASSES, [Device(0, 2**62)], 0,
-                        torch.device("cpu"), estimator)
-    from harness.cli import method_tasks as tasks_of
+Row = tuple[str, Method, TaskSpec]  # a label, the method, one of its tasks
 
+
+def standalone_context(spec: ModelSpec, width: float, shape: tuple[int, ...], batch: int, optimizer: OptimizerConfig,
+                       steps: int, device: torch.device) -> MethodContext:
+    """A method context outside a run: one device with no budget, seed 0."""
+    estimator = Estimator(shape, spec.num_classes, batch, optimizer, steps, device)
+    return MethodContext(spec, width, shape, spec.num_classes, [Device(0, 2**62)], 0, device, estimator)
+
+
+def tasks_of(cls: type[Method], params: object, ctx: MethodContext, prefix: str = "") -> list[Row]:
+    """Every task ``cls`` tabulates (``memory_specs``), labelled; the method's global state is
+    built on the meta device, since it is never trained here."""
+    with torch.device("meta"):
+        method = cls(params, ctx)
+    return [(prefix + s.label, method, s) for s in method.memory_specs()]
+
+
+def full_model_task(ctx: MethodContext) -> Row:
+    """Full-model training, the row every table is measured against."""
+    _, method, spec = tasks_of(METHODS["fedavg"], METHODS["fedavg"].parse_params({}), ctx)[0]
+    return "full model (FedAvg)", method, spec
+
+
+def all_method_tasks(model: str, batch: int) -> list[Row]:
+    """(method name, method, task) for every registered method's tasks, default parameters."""
+    ctx = standalone_context(ModelSpec(model, CLASSES, SHAPE[0], SHAPE[-1]), 1.0, SHAPE, batch, OptimizerConfig(), 2,
+                             torch.device("cpu"))
     rows = []
     for name in METHODS.names():
         cls = METHODS[name]
@@ -34,10 +55,10 @@ def method_tasks(model: str, batch: int) -> list[tuple[str, Method, TaskSpec]]:
     return rows
 
 
-def model_table(model: str, batches: list[int]) -> str:
+def peak_table(model: str, batches: list[int]) -> str:
     """One Markdown table: a row per (method, task), a peak and a share of FedAvg's per batch; a
     task a batch does not offer (a micro-batch as large as the batch) reads "-"."""
-    columns = {b: {(name, spec.label): (method, spec) for name, method, spec in method_tasks(model, b)}
+    columns = {b: {(name, spec.label): (method, spec) for name, method, spec in all_method_tasks(model, b)}
                for b in batches}
     full = {b: tasks["fedavg", "full"][0].estimate(TaskSpec("full")).peak for b, tasks in columns.items()}
     rows = list(dict.fromkeys(key for b in reversed(batches) for key in columns[b]))  # larger: more options
@@ -70,7 +91,7 @@ def spot_check(model: str, batch: int) -> str:
     data = DataBundle("random", x, y, x, y, CLASSES, (0.5,) * 3, (0.25,) * 3)
     lines = ["| method | task | estimate (bytes) | measured (bytes) | equal |", "|---|---|---|---|---|"]
     seen = set()
-    for name, method, spec in method_tasks(model, batch):
+    for name, method, spec in all_method_tasks(model, batch):
         if name in seen:
             continue
         seen.add(name)
@@ -88,7 +109,7 @@ def render(models: list[str], batches: list[int], spot: tuple[str, int] | None) 
              f"{SHAPE[1]}x{SHAPE[2]}, {CLASSES} classes, SGD momentum 0.9, two steps; MB = 2^20 bytes; every "
              "method with its default parameters; \"vs full\" is the share of FedAvg's full-model peak)."]
     for model in models:
-        parts += [f"### {model}", model_table(model, batches)]
+        parts += [f"### {model}", peak_table(model, batches)]
     if spot is not None:
         parts += [f"### Spot check: {spot[0]}, batch {spot[1]}, measured for real",
                   "Each method's first task trained for two steps on random data on the CPU; the `tensor` "

@@ -5,6 +5,7 @@ back from the artists and the caller decides where to save."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import matplotlib.transforms as transforms
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from reports.load import CATEGORIES, ESTIMATE, TENSOR
-from reports.stats import band, interval_kind, pareto_front
+from reports.stats import band, fits_per_round, interval_kind, pareto_front
 from reports.style import CATEGORY_COLORS, MB, outside_legend, themed
 
 PEAK = TENSOR + "peak"
@@ -23,9 +24,12 @@ DEVICE_CLOCK = "device_wall_time"
 BAND_NAMES = {"t95": "95% t-interval (3+ seeds)", "range": "min–max (2 seeds)"}
 
 
-def band_note(rounds: pd.DataFrame) -> str | None:
-    """What the shaded area means, for the seed counts the labels have (None: no band at all)."""
-    kinds = sorted({interval_kind(n) for n in rounds.groupby("label")["seed"].nunique()} - {"none"})
+def band_note(rounds: pd.DataFrame, columns: Sequence[str] = ("accuracy",)) -> str | None:
+    """What the shaded area means, for the seed counts each drawn round has (``stats.band`` picks
+    the interval round by round: a seed that stopped early leaves later rounds a range); None: no
+    band at all."""
+    counts = (rounds.dropna(subset=[c]).groupby(["label", "round"])["seed"].nunique() for c in columns)
+    kinds = sorted({interval_kind(n) for per_round in counts for n in per_round} - {"none"})
     if not kinds:
         return None
     return "line: mean over seeds\nshaded: " + " or ".join(BAND_NAMES[k] for k in kinds)
@@ -91,12 +95,6 @@ def accuracy_vs_time(rounds: pd.DataFrame, styles: dict) -> Figure | None:
     """Against simulated time on the devices (docs/device-time.md), not the host's wall time."""
     return _accuracy(rounds, styles, DEVICE_CLOCK, "Cumulative device time (s, simulated; mean over seeds)",
                      "Accuracy by device time")
-
-
-def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
-    """Per label, seed and round: the share of devices whose budget covers the task offered to it."""
-    fits = clients[ESTIMATE].le(clients["budget"]) & clients[ESTIMATE].notna()
-    return (clients.assign(fits=fits).groupby(["label", "seed", "round"], as_index=False)["fits"].mean())
 
 
 def name_overlapping_ends(ax: Axes, tolerance: float = 0.015) -> None:

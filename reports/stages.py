@@ -110,6 +110,6 @@ def neulite_stage_accuracy(rounds: pd.DataFrame, styles: dict) -> Figure | None:
     first.set_ylabel("Test accuracy")
     handles, names = last.get_legend_handles_labels()
     outside_legend(last, handles=handles + strip, labels=names + [h.get_label() for h in strip],
-                   title=band_note(staged))
+                   title=band_note(staged, models))
     fig.suptitle("NeuLite: accuracy by round, per evaluated model (strip: the stage trained)", fontweight="bold")
     return fig

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from reports.load import ESTIMATE
+
 CONFIDENCE = 0.95
 
 
@@ -58,14 +60,13 @@ def interval(values: Iterable[float], lower: float = -math.inf, upper: float = m
     return mean, max(lo, lower), min(hi, upper), n
 
 
-def band(rounds: pd.DataFrame, y: str, x: str = "round", fraction: bool = True) -> pd.DataFrame:
-    """Per round, the mean of ``y`` over seeds with its interval (``interval``; clipped to [0, 1]
-    for fractions); ``x`` is averaged over the same seeds (cumulative time differs between seeds).
-    Rounds where no seed has ``y`` are dropped."""
-    bounds = (0.0, 1.0) if fraction else (-math.inf, math.inf)
+def band(rounds: pd.DataFrame, y: str, x: str = "round") -> pd.DataFrame:
+    """Per round, the mean of ``y`` (a fraction) over seeds with its interval (``interval``,
+    clipped to [0, 1]); ``x`` is averaged over the same seeds (cumulative time differs between
+    seeds). Rounds where no seed has ``y`` are dropped."""
     rows = []
     for r, group in rounds.dropna(subset=[y]).groupby("round", sort=True):
-        mean, lo, hi, n = interval(list(group[y]), *bounds)
+        mean, lo, hi, n = interval(list(group[y]), 0.0, 1.0)
         rows.append({"round": r, "x": group[x].mean(), "mean": mean, "lo": lo, "hi": hi, "n": n})
     return pd.DataFrame(rows, columns=["round", "x", "mean", "lo", "hi", "n"])
 
@@ -84,3 +85,12 @@ def time_to_target(run: pd.DataFrame, target: float, clock: str = "device_wall_t
     ``target``; nan if none."""
     reached = run[run["accuracy"] >= target].sort_values("round")
     return float(reached[clock].iloc[0]) if len(reached) else math.nan
+
+
+def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
+    """Per label, seed and round: the share of devices whose budget covers the task offered to it
+    (what the memory gate held against it: the estimate, plus the allocator's overhead where a
+    GPU run gated on it and recorded ``need``)."""
+    need = clients["need"].fillna(clients[ESTIMATE]) if "need" in clients else clients[ESTIMATE]
+    fits = need.le(clients["budget"]) & need.notna()
+    return (clients.assign(fits=fits).groupby(["label", "seed", "round"], as_index=False)["fits"].mean())

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from reports.load import ESTIMATE, TENSOR, Suite
-from reports.stats import INTERVAL_NAMES, interval, interval_kind, mean_ci, time_to_target
+from reports.stats import INTERVAL_NAMES, fits_per_round, interval, interval_kind, mean_ci, time_to_target
 from reports.style import MB
 
 DASH = "–"
@@ -40,8 +40,7 @@ def _fits(clients: pd.DataFrame) -> float:
     over rounds and seeds: who can take part, whether or not the method respected budgets."""
     if clients.empty:
         return math.nan
-    fits = clients[ESTIMATE].le(clients["budget"]) & clients[ESTIMATE].notna()
-    return float(fits.groupby([clients["seed"], clients["round"]]).mean().mean())
+    return float(fits_per_round(clients)["fits"].mean())
 
 
 def _dropped(clients: pd.DataFrame) -> float:

@@ -124,9 +124,9 @@ def test_overhead_runs_the_same_workload_both_ways(capsys):
 
 
 def test_memory_tables_align_each_task_across_batches(tmp_path):
-    from harness.tables import model_table, write_into
+    from harness.tables import peak_table, write_into
 
-    table = model_table("cnn", [16, 32])
+    table = peak_table("cnn", [16, 32])
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in table.splitlines()[2:]}
     assert "| - | - |" in rows["microbatch", "full mb=16"]  # batch 16 has no micro-batch of 16
     assert rows["fedavg", "full"].endswith("| 100.0% | 47.11 | 100.0% |")

@@ -172,7 +172,7 @@ def test_cuda_sources_and_estimate_on_gpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_allocator_overhead_is_measured_once_per_task_on_gpu():
+def test_the_allocator_overhead_measured_for_the_gate_matches_a_client_on_gpu():
     cuda = torch.device("cuda")
     shape = (3, 32, 32)
     overhead = allocator_overhead(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, 2, cuda)

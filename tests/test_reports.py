@@ -664,3 +664,25 @@ def test_compared_suites_keep_their_own_fleet_and_fedavg(tmp_path):
         marker = next(line for line in bx.get_lines() if line.get_gid() == f"fits {label}").get_xydata()[0]
         assert marker == pytest.approx([share, smallest])
     assert len([line for line in bx.get_lines() if line.get_gid() == "fleet"]) == 2
+
+
+def test_the_band_legend_names_the_intervals_each_round_draws():
+    """Three seeds, one stopped after round 3: rounds 4-5 draw a range of two, and the legend says so."""
+    from reports.figures import band_note
+
+    rows = [{"label": "a", "seed": s, "round": r, "accuracy": 0.5} for s in range(3) for r in range(1, 6)
+            if s < 2 or r <= 3]
+    note = band_note(pd.DataFrame(rows))
+    assert "95% t-interval (3+ seeds)" in note and "min–max (2 seeds)" in note
+    assert band_note(pd.DataFrame([r for r in rows if r["round"] <= 3])).endswith("95% t-interval (3+ seeds)")
+
+
+def test_the_fleet_that_fits_is_what_the_gate_held_against_the_budget():
+    """A GPU run gating on the estimate plus the allocator's overhead records ``need``: a device
+    whose budget covers the estimate but not the need does not fit."""
+    from reports.stats import fits_per_round
+
+    clients = pd.DataFrame({"label": "a", "seed": 0, "round": 1, "budget": [10, 10, 10],
+                            "estimate.peak": [8, 8, 12], "need": [9, 11, None]})
+    assert fits_per_round(clients)["fits"].tolist() == [1 / 3]
+    assert fits_per_round(clients.drop(columns="need"))["fits"].tolist() == [2 / 3]
