@@ -46,9 +46,9 @@ class ModelConfig:
 @dataclass
 class FleetConfig:
     devices: int = 20
-    distribution: Literal["uniform", "tiers", "lognormal", "trace"] = "uniform"
-    low_mb: float = 1.0  # uniform
-    high_mb: float = 8.0  # uniform
+    distribution: Literal["uniform", "even", "tiers", "lognormal", "trace"] = "uniform"
+    low_mb: float = 1.0  # uniform, even
+    high_mb: float = 8.0  # uniform, even
     tiers_mb: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     tier_weights: list[float] = field(default_factory=list)  # empty = equal
     median_mb: float = 4.0  # lognormal
@@ -96,6 +96,7 @@ class SuiteConfig:
     local_epochs: int = 1
     batch_size: int = 32
     eval_batch_size: int = 256
+    eval_every: int = 1  # evaluate every k-th round and the last (a large test set costs a client's round)
     seeds: list[int] = field(default_factory=lambda: [0])
     deadline_s: float = 0.0  # round deadline in device seconds: slower clients are dropped (0: none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -258,7 +259,7 @@ def validate(suite: SuiteConfig) -> None:
     from harness.methods import METHODS
     from harness.models import MODELS
 
-    for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size"):
+    for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size", "eval_every"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
     _check_name(suite.name, "name")
     _check(bool(suite.seeds), "seeds: give at least one seed")
@@ -311,7 +312,7 @@ def validate_fleet(fleet: FleetConfig) -> None:
         _check(bool(fleet.trace), "fleet.trace: give the CSV file of device budgets")
         return
     _check(fleet.devices >= 1, f"fleet.devices must be at least 1, got {fleet.devices}")
-    if fleet.distribution == "uniform":
+    if fleet.distribution in ("uniform", "even"):
         _check(0 < fleet.low_mb <= fleet.high_mb,
                f"fleet: need 0 < low_mb <= high_mb, got {fleet.low_mb} and {fleet.high_mb}")
     elif fleet.distribution == "tiers":

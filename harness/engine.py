@@ -131,7 +131,7 @@ class Run:
     """One (method entry, seed) of a suite."""
 
     def __init__(self, cfg: SuiteConfig, entry: MethodEntry, seed: int, data: DataBundle,
-                 device: torch.device, folder: Path, log: Log) -> None:
+                 device: torch.device, folder: Path, log: Log, estimator: Estimator) -> None:
         self.cfg, self.entry, self.seed, self.data, self.device, self.log = cfg, entry, seed, data, device, log
         self.writer = RunWriter(folder)
         self.fleet = build_fleet(cfg.fleet, seed)
@@ -146,8 +146,6 @@ class Run:
         spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
         if (error := input_error(spec, cfg.model.width)) is not None:
             raise ConfigError(f"{error}; choose a model that takes {data.name} images")
-        estimator = Estimator(input_shape, data.num_classes, cfg.batch_size, cfg.optimizer,
-                              cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
                   for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
@@ -263,9 +261,10 @@ class Run:
             rows.append(row)
         if results:
             self.method.aggregate(rnd, results)
-        if self.calibration is not None:
+        evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
+        if evaluated and self.calibration is not None:
             self.method.calibrate(self.calibration)
-        evals = {name: evaluate(model, self.test) if model is not None else (None, None)
+        evals = {name: evaluate(model, self.test) if model is not None and evaluated else (None, None)
                  for name, model in self.method.eval_models().items()}
         for name, (_, loss) in evals.items():
             if loss is not None and not math.isfinite(loss):
@@ -369,6 +368,14 @@ def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry,
             "started": earlier.get("started", now()), "runs": listed}
 
 
+def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device) -> Estimator:
+    """One estimator for all of a suite's runs: a task's cost depends on the suite's data shape,
+    batch, optimizer and device and on the method's parameters (its key), never on the seed, so
+    the seeds and the methods that train the same task share each estimate."""
+    return Estimator(tuple(data.train_x.shape[1:]), data.num_classes, cfg.batch_size, cfg.optimizer,
+                     cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
+
+
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
               log: Log = print) -> Path:
     """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder.
@@ -384,6 +391,7 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
                              "or choose another --out")
     data = load_data(cfg.data)
     runs = [(entry, seed, f"{entry.label}-seed{seed}") for entry in cfg.methods for seed in cfg.seeds]
+    estimator = suite_estimator(cfg, data, device)
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -392,7 +400,7 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
     with SuiteLock(folder):  # a refused process removes nothing: the folder is the holder's
         try:
             for entry, seed, name in runs:  # everything that can be refused is refused here
-                Run(cfg, entry, seed, data, device, folder / name, log).check(resume)
+                Run(cfg, entry, seed, data, device, folder / name, log, estimator).check(resume)
             write_json(folder / "suite.json", suite_manifest(cfg, folder, runs, resume))
         except BaseException:
             if created:  # refused (or interrupted) before a record: leave nothing
@@ -401,6 +409,6 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
             f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
         for entry, seed, name in runs:
-            Run(cfg, entry, seed, data, device, folder / name, log).execute(resume)
+            Run(cfg, entry, seed, data, device, folder / name, log, estimator).execute(resume)
     log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

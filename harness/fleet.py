@@ -56,6 +56,15 @@ def uniform(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     return _devices(budgets, cfg, g)
 
 
+@FLEETS.register("even")
+def even(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
+    """The uniform distribution's quantiles (low_mb to high_mb, evenly spaced) in an order drawn per
+    seed: every seed's fleet has the same mix of budgets, so a small fleet never draws one in which
+    no device fits a task."""
+    spaced = torch.linspace(cfg.low_mb, cfg.high_mb, cfg.devices, dtype=torch.float64)
+    return _devices(spaced[torch.randperm(cfg.devices, generator=g)], cfg, g)
+
+
 @FLEETS.register("tiers")
 def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     weights = torch.tensor(cfg.tier_weights or [1.0] * len(cfg.tiers_mb), dtype=torch.float64)

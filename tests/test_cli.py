@@ -6,7 +6,10 @@ import os
 from conftest import tiny_suite
 
 from harness.cli import build_parser, main, measure_rows
+from harness.config import load_suite
+from harness.data import load_data, partition
 from harness.engine import run_suite
+from harness.fleet import MB, build_fleet
 from harness.summary import format_table, summary_rows
 
 
@@ -100,6 +103,26 @@ def test_memory_puts_several_methods_in_one_table(capsys):
     peaks = table_peaks(capsys.readouterr().out)
     assert "microbatch: full mb=8" in peaks and "neulite: stage=3" in peaks
     assert peaks["microbatch: full"] == peaks["full model (FedAvg)"] > peaks["microbatch: full mb=1"]
+
+
+def test_the_default_suite_shows_neulites_point(capsys):
+    """suites/quick.toml is the default because NeuLite, every part on, saves memory there: its
+    costliest stage is at most 60% of full-model training, which fits at most a third of the fleet
+    for each seed; every client holds a full batch, so clients of a task share one estimate."""
+    cfg = load_suite("suites/quick.toml")
+    neulite = [entry for entry in cfg.methods if entry.method == "neulite"]
+    assert neulite and not neulite[0].params  # the method's defaults: mentor and harmonizer on
+    assert main(["memory", "--suite", "suites/quick.toml", "--set", 'methods=[{method="neulite"}]']) == 0
+    peaks = table_peaks(capsys.readouterr().out)
+    full, stages = peaks.pop("full model (FedAvg)"), list(peaks.values())
+    assert list(peaks) == [f"neulite: stage={t}" for t in (1, 2, 3, 4)]
+    assert max(stages) <= 0.60 * full
+    data = load_data(cfg.data)
+    for seed in cfg.seeds:
+        fitting = sum(device.budget >= full * MB for device in build_fleet(cfg.fleet, seed))
+        assert fitting <= cfg.fleet.devices / 3, seed
+        sizes = [len(part) for part in partition(data.train_y, cfg.fleet.devices, cfg.data, seed)]
+        assert max(sizes) <= cfg.batch_size and len(set(sizes)) <= 2, seed
 
 
 def test_memory_takes_a_model_or_a_suite(capsys):

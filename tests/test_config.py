@@ -4,6 +4,7 @@ import pytest
 from conftest import REPO, tiny_raw, tiny_suite
 
 from harness.config import ConfigError, SuiteConfig, load_suite, suite_from_dict
+from harness.methods import METHODS
 
 
 def error_of(**over) -> str:
@@ -15,8 +16,12 @@ def error_of(**over) -> str:
 def test_quick_suite_loads_with_its_methods():
     suite = load_suite(REPO / "suites" / "quick.toml")
     assert isinstance(suite, SuiteConfig)
-    assert suite.data.name == "digits" and suite.model.name == "cnn"
-    assert {"fedavg", "exclusive", "allsmall"} <= {m.label for m in suite.methods}
+    assert suite.data.name == "digits" and suite.model.name == "resnet34"
+    built_in = {"fedavg", "exclusive", "allsmall", "fedprox", "heterofl", "fedrolex", "fjord", "depthfl", "neulite",
+                "microbatch", "checkpoint"}
+    methods = [m.method for m in suite.methods]
+    assert set(methods) == built_in and len(methods) == len(built_in)  # every built-in method, once
+    assert built_in <= set(METHODS.names())
     assert suite.seeds == [0, 1, 2]
 
 

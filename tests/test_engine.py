@@ -195,6 +195,26 @@ def test_real_cifar10_end_to_end(cifar_root, tmp_path, quiet):
     assert 0.1 <= neulite_rounds[-1]["evals"]["stage"]["accuracy"] <= 1
 
 
+def test_eval_every_skips_evaluation_but_not_training(tmp_path, quiet):
+    """``eval_every = 2``: rounds 2 and 4 and the last (5) are evaluated, the others record null
+    accuracy; training is untouched (HeteroFL's calibration pass included), so the evaluated rounds
+    match a run that evaluates every round."""
+    every = {"rounds": 5, "methods": [{"method": "heterofl"}], "fleet": {"low_mb": 0.1, "high_mb": 0.6}}
+    dense = run_suite(tiny_suite(**every), tmp_path / "dense", log=quiet)
+    sparse = run_suite(tiny_suite(eval_every=2, **every), tmp_path / "sparse", log=quiet)
+    dense_rounds, _ = records(dense / "heterofl-seed0")
+    sparse_rounds, _ = records(sparse / "heterofl-seed0")
+    assert [r["accuracy"] is not None for r in sparse_rounds] == [False, True, False, True, True]
+    for d, s in zip(dense_rounds, sparse_rounds):
+        if s["accuracy"] is not None:
+            assert (s["accuracy"], s["loss"]) == (d["accuracy"], d["loss"])
+        else:
+            assert s["evals"] == {"global": {"accuracy": None, "loss": None}}
+    assert tiny_suite(eval_every=1).eval_every == 1
+    with pytest.raises(ConfigError, match="eval_every must be at least 1"):
+        tiny_suite(eval_every=0)
+
+
 def test_the_allocator_gate_adds_each_task_kinds_measured_overhead(monkeypatch):
     """``measure.gate = "allocator"``: a budget between the estimate and the estimate plus the GPU
     allocator's overhead (measured once per task kind) is refused, naming the bytes needed."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.config import ConfigError, FleetConfig
+from harness.config import ConfigError, FleetConfig, validate_fleet
 from harness.fleet import MB, build_fleet
 
 
@@ -16,6 +16,16 @@ def test_uniform_in_range_seeded_and_in_bytes():
     assert a == b and len(a) == 50 and [d.id for d in a] == list(range(50))
     assert all(2 * MB <= d.budget <= 6 * MB and isinstance(d.budget, int) for d in a)
     assert build_fleet(cfg, 4) != a
+
+
+def test_even_gives_every_seed_the_same_budgets_in_its_own_order():
+    cfg = FleetConfig(devices=5, distribution="even", low_mb=2.0, high_mb=4.0)
+    fleets = [build_fleet(cfg, seed) for seed in range(4)]
+    assert all(sorted(d.budget for d in fleet) == [int(mb * MB) for mb in (2.0, 2.5, 3.0, 3.5, 4.0)]
+               for fleet in fleets)
+    assert len({tuple(d.budget for d in fleet) for fleet in fleets}) > 1  # shuffled per seed
+    with pytest.raises(ConfigError, match="low_mb <= high_mb"):
+        validate_fleet(FleetConfig(distribution="even", low_mb=3.0, high_mb=2.0))
 
 
 def test_tiers_draw_only_the_given_budgets_by_weight():
