@@ -47,7 +47,7 @@ from harness.training import NonFiniteLossError, evaluate, train_local
 
 Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
-RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out"}  # may change between a run and its resume
+RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every"}  # may change between a run and its resume
 
 
 class RunExistsError(RuntimeError):

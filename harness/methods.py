@@ -207,7 +207,7 @@ class Method(ABC):
     def cost(self, spec: TaskSpec, device: Device | None = None) -> TaskCost:
         """What ``spec`` costs a client (of ``device``: at the batch it can form): its training
         peak, FLOPs per sample and bytes exchanged."""
-        return self.ctx.estimator((type(self).__name__, self.params_key(), spec),
+        return self.ctx.estimator((type(self), self.params_key(), spec),
                                   lambda: spec.trained(self.build_task(spec)), self.ctx.samples(device))
 
     def estimate(self, spec: TaskSpec, device: Device | None = None) -> MemoryReport:

@@ -26,7 +26,8 @@ def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
     rows = []
     for label, seeds in by_label.items():
         seeds = [rounds for rounds in seeds if rounds]
-        final = [r[-1]["accuracy"] for r in seeds if r[-1]["accuracy"] is not None]
+        evaluated = [[x["accuracy"] for x in r if x["accuracy"] is not None] for r in seeds]
+        final = [accuracies[-1] for accuracies in evaluated if accuracies]  # each seed's last evaluated round
         best = [max((x["accuracy"] for x in r if x["accuracy"] is not None), default=None) for r in seeds]
         peaks = [x["peak_tensor"] for r in seeds for x in r if x["peak_tensor"] is not None]
         share = [x["participated"] / x["devices"] for r in seeds for x in r]

@@ -43,7 +43,7 @@ FIGURES = {
 SUMMARY_TEXT = (
     "Accuracy is the deployable model's test accuracy, mean over seeds with its interval in brackets: "
     "a 95% Student's t-interval with 3 seeds or more, the min-max range with 2, none with 1 (the "
-    "Seeds column says which), clipped to 0-100%; final is each seed's last recorded round. A "
+    "Seeds column says which), clipped to 0-100%; final is each seed's last evaluated round. A "
     "task's peak is its estimated training memory (equal to the measured one); the smallest task is "
     "what a device needs to take part at all. Fleet that fits is the share of devices whose budget "
     "covers the task offered to them, over budget the share of trained clients whose measured peak "

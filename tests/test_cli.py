@@ -54,6 +54,15 @@ def test_summary_table_values(tmp_path, quiet):
     assert quiet[-1].strip().startswith("| method | final acc")
 
 
+def test_summary_final_accuracy_is_the_last_evaluated_round(tmp_path, quiet):
+    folder = run_suite(tiny_suite(rounds=2), tmp_path, log=quiet)
+    path = folder / "fedavg-seed0" / "rounds.jsonl"
+    rounds = [json.loads(x) for x in path.read_text().splitlines()]
+    rounds[-1]["accuracy"] = None  # a run stopped after a round that eval_every skipped
+    path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    assert summary_rows(folder, [("fedavg", "fedavg-seed0")])[0][1] == f"{100 * rounds[0]['accuracy']:.1f}%"
+
+
 def test_memory_measure_compares_estimate_tracker_and_rss(capsys):
     assert main(["memory", "cnn", "--input", "1,8,8", "--batch", "16", "--measure"]) == 0
     out = capsys.readouterr().out

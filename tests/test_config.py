@@ -100,9 +100,9 @@ def test_no_methods_is_an_error():
 def test_overrides_reach_nested_keys_and_methods(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text((REPO / "suites" / "quick.toml").read_text())
-    suite = load_suite(path, ["rounds=3", "data.alpha=0.1", "seeds=[4]", "fleet.distribution=tiers",
+    suite = load_suite(path, ["rounds=3", "data.shards_per_client=2", "seeds=[4]", "fleet.distribution=tiers",
                               "methods.allsmall.widths=[0.5, 0.25]", "name=other"])
-    assert suite.rounds == 3 and suite.data.alpha == 0.1 and suite.seeds == [4]
+    assert suite.rounds == 3 and suite.data.shards_per_client == 2 and suite.seeds == [4]
     assert suite.fleet.distribution == "tiers" and suite.name == "other"
     assert next(m for m in suite.methods if m.label == "allsmall").params["widths"] == [0.5, 0.25]
 

@@ -210,7 +210,10 @@ def test_eval_every_skips_evaluation_but_not_training(tmp_path, quiet):
             assert (s["accuracy"], s["loss"]) == (d["accuracy"], d["loss"])
         else:
             assert s["evals"] == {"global": {"accuracy": None, "loss": None}}
-    assert tiny_suite(eval_every=1).eval_every == 1
+    resumed = {**every, "rounds": 6, "eval_every": 3}  # evaluation may change on resume: training does not
+    run_suite(tiny_suite(**resumed), tmp_path / "sparse", resume=True, log=quiet)
+    sparse_rounds, _ = records(sparse / "heterofl-seed0")
+    assert [r["accuracy"] is not None for r in sparse_rounds] == [False, True, False, True, True, True]
     with pytest.raises(ConfigError, match="eval_every must be at least 1"):
         tiny_suite(eval_every=0)
 
