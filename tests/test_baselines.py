@@ -9,8 +9,8 @@ import baselines  # noqa: F401  (registration)
 from baselines.submodel import SubModel, aggregate, leftmost, rolling, shapes_of
 from harness.config import OptimizerConfig
 from harness.fleet import Device
-from harness.methods import TaskSpec, weighted_average
-from harness.training import measure_task
+from harness.methods import METHODS, TaskSpec, weighted_average
+from harness.training import Task, measure_task
 
 from helpers import SHAPE, context, method, uploaded
 
@@ -211,3 +211,13 @@ def test_fedprox_client_holds_a_copy_of_the_global_weights_in_estimate_and_measu
     assert 0 <= estimate.peak - exclusive.estimate(full).peak - copy <= largest
     assert estimate.peak == measured_peak(prox, full)
     assert "budget" in prox.choose(1, Device(1, exclusive.estimate(full).peak)).reason  # the copy must fit too
+
+
+def test_a_copy_under_the_same_class_name_gets_its_own_estimates():
+    """One estimator serves a whole suite: a copy of a method under the same class name (as
+    docs/adding-a-method.md starts one) must not be gated on the original's estimates."""
+    ctx = context()
+    fedavg = METHODS["fedavg"]
+    half = type(fedavg.__name__, (fedavg,), {"build_task": lambda self, spec: Task(self.ctx.build_model(0.5))})
+    original, copy = method("fedavg", ctx), half(fedavg.parse_params({}), ctx)
+    assert copy.estimate(TaskSpec("full")).peak < original.estimate(TaskSpec("full")).peak
