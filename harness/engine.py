@@ -120,6 +120,11 @@ def sample(pool: list[int], k: int, seed: int, rnd: int) -> set[int]:
     return {pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()}
 
 
+def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
+    """Whether round ``rnd`` evaluates its models: every ``eval_every``-th round and the last."""
+    return rnd % cfg.eval_every == 0 or rnd == cfg.rounds
+
+
 def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, device: torch.device, seed: int,
                    rnd: int, position: int) -> Batches:
     """The client's local batches in round ``rnd``: shuffled and augmented by its own seed."""
@@ -261,7 +266,7 @@ class Run:
             rows.append(row)
         if results:
             self.method.aggregate(rnd, results)
-        evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
+        evaluated = evaluates(self.cfg, rnd)
         if evaluated and self.calibration is not None:
             self.method.calibrate(self.calibration)
         evals = {name: evaluate(model, self.test) if model is not None and evaluated else (None, None)

@@ -59,8 +59,8 @@ def uniform(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
 @FLEETS.register("even")
 def even(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     """The uniform distribution's quantiles (low_mb to high_mb, evenly spaced) in an order drawn per
-    seed: every seed's fleet has the same mix of budgets, so a small fleet never draws one in which
-    no device fits a task."""
+    seed: every seed's fleet has the same mix of budgets, so a small fleet is never, by chance,
+    short of devices at the top of the range."""
     spaced = torch.linspace(cfg.low_mb, cfg.high_mb, cfg.devices, dtype=torch.float64)
     return _devices(spaced[torch.randperm(cfg.devices, generator=g)], cfg, g)
 

@@ -13,7 +13,7 @@ import torch
 
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
-from harness.engine import client_batches, derived_seed, resolve_device, run_suite, sample
+from harness.engine import client_batches, derived_seed, evaluates, resolve_device, run_suite, sample
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import ModelSpec, build_model
@@ -35,7 +35,7 @@ class Timing:
 
 def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
     """Seconds and final accuracy of ``cfg.rounds`` rounds of FedAvg as a plain loop: the same
-    data, partition, clients per round, local epochs, batches and evaluation each round; no
+    data, partition, clients per round, local epochs, batches and evaluated rounds; no
     estimate, measurement, records or checkpoint."""
     device = resolve_device(cfg.device)
     start = time.perf_counter()
@@ -61,7 +61,8 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
             states.append({k: v.detach().to("cpu") for k, v in local.state_dict().items()})
             weights.append(len(parts[position]))
         model.load_state_dict(weighted_average(states, weights))
-        accuracy, _ = evaluate(model, test)
+        if evaluates(cfg, rnd):
+            accuracy, _ = evaluate(model, test)
     return time.perf_counter() - start, accuracy
 
 

@@ -28,13 +28,13 @@ def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
         seeds = [rounds for rounds in seeds if rounds]
         evaluated = [[x["accuracy"] for x in r if x["accuracy"] is not None] for r in seeds]
         final = [accuracies[-1] for accuracies in evaluated if accuracies]  # each seed's last evaluated round
-        best = [max((x["accuracy"] for x in r if x["accuracy"] is not None), default=None) for r in seeds]
+        best = [max(accuracies) for accuracies in evaluated if accuracies]
         peaks = [x["peak_tensor"] for r in seeds for x in r if x["peak_tensor"] is not None]
         share = [x["participated"] / x["devices"] for r in seeds for x in r]
         rows.append([
             f"{label} (over budget)" if over_budget(folder, dirs[label]) else label,
             f"{100 * mean(final):.1f}%" if final else "n/a",
-            f"{100 * mean(b for b in best if b is not None):.1f}%" if any(b is not None for b in best) else "n/a",
+            f"{100 * mean(best):.1f}%" if best else "n/a",
             f"{max(peaks) / MB:.2f}" if peaks else "n/a",
             f"{100 * mean(share):.0f}%" if share else "n/a",
             str(len(seeds)),

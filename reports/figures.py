@@ -320,6 +320,8 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
         else:
             text = "n/a" if math.isnan(row["speedup"]) else f"×{row['speedup']:.2f}"
             text += " (reference)" if label == row["reference"] else ""
+            if row["reached"] < row["seeds"]:  # the bar is the mean of only the seeds that got there
+                text += f", {int(row['reached'])}/{int(row['seeds'])} seeds"
         ax.annotate(text, (ends.iloc[i], i), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize="small")
     ax.set_yticks(y, [styles[label]["name"] for label in rows.index])

@@ -398,6 +398,10 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     assert texts == ["×1.00 (reference)", f"×{25.2 / 15.75:.2f}", f"×{25.2 / 23.625:.2f}"]
     assert ax.get_yticklabels()[0].get_text() == "fedavg (over budget)"
     assert ax.patches[0].get_hatch() == "//"
+    partly = summary.copy()
+    partly.loc["heterofl", "reached"] = 1  # a mean of one seed of two must not read as both seeds'
+    texts = [t.get_text() for t in figures.time_to_target(partly, styles, TARGET).axes[0].texts]
+    assert texts[1] == f"×{25.2 / 15.75:.2f}, 1/2 seeds" and texts[2] == f"×{25.2 / 23.625:.2f}"
 
 
 def test_summary_table_matches_hand_computed_values(rendered):
