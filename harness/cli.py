@@ -27,7 +27,7 @@ from harness.training import NonFiniteLossError, train_local
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_suite(args.suite, args.set or [])
+    cfg = load_suite(args.suite, [*(args.set or []), *([f"executor={args.executor}"] if args.executor else [])])
     folder = run_suite(cfg, args.out, args.resume)
     print(f"records: {folder}")
     print(f"report:  python -m reports {folder}")
@@ -229,6 +229,21 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    cfg = load_suite(args.suite, [*(args.set or []), "executor=ray"])  # refused here when Ray is missing
+    from harness.scaling import compare
+
+    paths, task_ms = compare(cfg)
+    print(f"# suite {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds x {cfg.rounds} rounds on "
+          f"{device_name(resolve_device(cfg.device))}; ray: {cfg.ray.num_cpus:g} CPU(s) per run")
+    print("| executor | seconds | final accuracy per method |\n|---|---|---|")
+    for path in paths:
+        print(f"| {path.name} | {path.seconds:.1f} | {', '.join(f'{k} {v}' for k, v in path.accuracy.items())} |")
+    print(f"local / ray: {paths[0].seconds / paths[1].seconds:.2f}x")
+    print(f"ray per-task cost (an empty task, warm workers): {task_ms:.2f} ms")
+    return 0
+
+
 def positive(kind: type) -> Callable[[str], int | float]:
     """An argparse type: a positive int or float, else one clear error."""
     def parse(text: str) -> int | float:
@@ -252,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. rounds=5, data.alpha=0.1, methods.LABEL.param=1")
     run.add_argument("--resume", action="store_true", help="continue a killed or finished suite run")
+    run.add_argument("--executor", choices=("local", "ray"),
+                     help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
     mem = sub.add_parser("memory", help="estimated training peak of a model's or a suite's tasks, by category")
@@ -284,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--repeats", type=positive(int), default=2,
                       help="runs of each, alternately; the best of each counts (the first pays imports)")
     over.set_defaults(func=cmd_overhead)
+    scale = sub.add_parser("scaling", help="a suite locally against --executor ray: the ratio and Ray's per-task cost")
+    scale.add_argument("suite", help="suite TOML file")
+    scale.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. seeds=[0]")
+    scale.set_defaults(func=cmd_scaling)
     return parser
 
 

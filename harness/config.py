@@ -7,6 +7,7 @@ of range raises one ``ConfigError`` that names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import tomllib
@@ -79,6 +80,20 @@ class MeasureConfig:
 
 
 @dataclass
+class RayConfig:
+    """How ``executor = "ray"`` spreads a suite (docs/ray.md). Results do not depend on any of it."""
+
+    address: str = ""  # "" starts Ray on this machine; "auto" or "HOST:PORT" joins a running cluster
+    num_cpus: float = 1.0  # CPUs reserved for each run (its torch threads: at least one)
+    num_gpus: float = 0.0  # share of a GPU for each run: 0.25 puts four runs on one GPU
+    client_workers: int = 0  # > 0: each run trains a round's clients on this many worker actors
+    client_num_cpus: float = 1.0  # CPUs reserved for each client worker
+    client_num_gpus: float = 0.0  # share of a GPU for each client worker
+    client_retries: int = 1  # a client whose worker died is tried again this often, then recorded failed
+    run_retries: int = 3  # a run whose worker died is resumed from its last complete round this often
+
+
+@dataclass
 class MethodEntry:
     """One method run of the suite: a registered method and its own parameters."""
 
@@ -101,6 +116,8 @@ class SuiteConfig:
     deadline_s: float = 0.0  # round deadline in device seconds: slower clients are dropped (0: none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs"
+    executor: Literal["local", "ray"] = "local"  # where runs and clients execute (docs/ray.md)
+    ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -282,6 +299,10 @@ def validate(suite: SuiteConfig) -> None:
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
     _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
+    validate_ray(suite.ray)
+    _check((suite.executor != "ray" and not suite.ray.client_workers) or importlib.util.find_spec("ray") is not None,
+           "executor = 'ray' (or ray.client_workers) needs Ray, an optional extra: pip install "
+           "'fl-memory-harness[ray]' (in a clone: pip install -e '.[ray]')")
     _check(suite.measure.steps >= 2 or suite.optimizer.momentum == 0,
            "measure.steps must be at least 2 with momentum: the first step has no optimizer state yet, "
            "so measuring it alone would under-report the peak")
@@ -295,6 +316,16 @@ def validate(suite: SuiteConfig) -> None:
         _check(entry.label not in labels, f"methods[{i}]: label {entry.label!r} is used twice")
         labels.add(entry.label)
         METHODS[entry.method].parse_params(entry.params, f"methods[{i}] ({entry.label})")
+
+
+def validate_ray(ray: RayConfig) -> None:
+    for key in ("num_cpus", "client_num_cpus"):
+        _check(1 <= getattr(ray, key) < math.inf, f"ray.{key} must be at least 1 (a run or worker needs a "
+               f"thread), got {getattr(ray, key)}")
+    for key in ("num_gpus", "client_num_gpus"):
+        _check(0 <= getattr(ray, key) < math.inf, f"ray.{key} must be >= 0, got {getattr(ray, key)}")
+    for key in ("client_workers", "client_retries", "run_retries"):
+        _check(getattr(ray, key) >= 0, f"ray.{key} must be >= 0, got {getattr(ray, key)}")
 
 
 def _finite(*values: float) -> bool:

@@ -9,8 +9,9 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,12 +43,14 @@ from harness.records import (
     versions,
     write_json,
 )
+from harness.registry import Registry
 from harness.summary import format_table, summary_rows
 from harness.training import NonFiniteLossError, evaluate, train_local
 
 Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
-RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every"}  # may change between a run and its resume
+# may change between a run and its resume: how long, what beside it, and where it executes
+RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray"}
 
 
 class RunExistsError(RuntimeError):
@@ -132,6 +135,72 @@ def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, de
     return Batches(data, indices, cfg.batch_size, device, cfg.data.augment, generator=g)
 
 
+@dataclass(frozen=True)
+class ClientJob:
+    """One client's training in a round: all a worker needs besides the suite's data and the method."""
+
+    seed: int
+    rnd: int
+    position: int
+    device: Device
+    spec: TaskSpec
+    indices: torch.Tensor  # the client's training samples
+    context: str  # names the client in errors and progress lines
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client whose training was lost (its worker died); recorded as ``failed`` with the reason."""
+
+    reason: str
+
+
+def train_client(cfg: SuiteConfig, data: DataBundle, method: Method, job: ClientJob,
+                 device: torch.device) -> ClientResult:
+    """Train one client: seeded by (run seed, round, position) alone, so any process gives the same result."""
+    torch.manual_seed(derived_seed(job.seed, job.rnd, job.position, 1))
+    batches = client_batches(cfg, data, job.indices, device, job.seed, job.rnd, job.position)
+    local = train_local(lambda: method.trained_task(job.rnd, job.device, job.spec), batches, cfg.local_epochs,
+                        cfg.optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context)
+    return ClientResult(job.device, job.spec, local)
+
+
+class Clients(Protocol):
+    """Where a run trains a round's clients; results come back in the jobs' order."""
+
+    def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalClients:
+    """Trains a round's clients one after another in this process."""
+
+    def __init__(self, cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> None:
+        self.cfg, self.data, self.device, self.log = cfg, data, device, log
+
+    def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]:
+        results = []
+        for i, job in enumerate(jobs):
+            results.append(train_client(self.cfg, self.data, method, job, self.device))
+            if results[-1].local.train_time >= SLOW_CLIENT_S:  # long rounds show their progress
+                self.log(f"{job.context}: client {i + 1}/{len(jobs)} ({job.spec.label}) trained in "
+                         f"{results[-1].local.train_time:.1f} s")
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+def client_trainer(cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> Clients:
+    """Where a run trains its clients: in this process, or on Ray worker actors (``ray.client_workers``)."""
+    if cfg.ray.client_workers:
+        from harness.ray_executor import RayClients
+
+        return RayClients(cfg, data, log)
+    return LocalClients(cfg, data, device, log)
+
+
 class Run:
     """One (method entry, seed) of a suite."""
 
@@ -205,8 +274,14 @@ class Run:
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
-        for rnd in range(first, self.cfg.rounds + 1):
-            self.round(rnd, clock)
+        if first > self.cfg.rounds:
+            return
+        self.clients = client_trainer(self.cfg, self.data, self.device, self.log)
+        try:
+            for rnd in range(first, self.cfg.rounds + 1):
+                self.round(rnd, clock)
+        finally:
+            self.clients.close()
 
     def check_same_config(self) -> None:
         """Resuming with another config would mix two experiments in one set of records. More rounds,
@@ -242,9 +317,10 @@ class Run:
         start = time.perf_counter()
         candidates = plan_round(self.method, rnd, self.fleet)
         chosen = select(candidates, self.cfg.clients_per_round, self.cfg.selection, self.seed, rnd)
-        results, rows, times, stragglers = [], [], [], 0
+        results, rows, times, stragglers, jobs = [], [], [], 0, []
         for c in candidates:
             row = self.client_row(rnd, c)
+            rows.append(row)
             if c.position in chosen and not c.reason:
                 on_device = self.device_time(c)
                 row.update(on_device.to_record())
@@ -252,18 +328,21 @@ class Run:
                     row.update(status="straggler", reason=f"device time {on_device.total:.1f} s > deadline "
                                                           f"{self.cfg.deadline_s:g} s")
                     stragglers += 1
-                    rows.append(row)
                     continue
-                result = self.train_client(rnd, c)
-                results.append(result)
-                times.append(on_device.total)
-                row.update(self.trained_fields(result))
-                if result.local.train_time >= SLOW_CLIENT_S:  # long rounds show their progress
-                    self.log(f"{self.tag} round {rnd}: client {len(results)}/{len(chosen)} (device "
-                             f"{c.device.id}, {c.spec.label}) trained in {result.local.train_time:.1f} s")
+                jobs.append((self.client_job(rnd, c), row, on_device.total))
             elif not c.reason:
                 row["status"] = "not_selected"
-            rows.append(row)
+        outcomes = self.clients.train(self.method, [job for job, _, _ in jobs])
+        failed = 0
+        for (_, row, on_device), outcome in zip(jobs, outcomes):
+            if isinstance(outcome, ClientFailure):
+                row.update(status="failed", reason=outcome.reason)
+                failed += 1
+                self.log(f"{self.tag} round {rnd}: device {row['device']} failed: {outcome.reason}")
+                continue
+            results.append(outcome)
+            times.append(on_device)
+            row.update(self.trained_fields(outcome))
         if results:
             self.method.aggregate(rnd, results)
         evaluated = evaluates(self.cfg, rnd)
@@ -280,7 +359,7 @@ class Run:
         clock.wall += round_time
         clock.device += device_round
         record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
-        record.update(device_time=device_round, stragglers=stragglers)
+        record.update(device_time=device_round, stragglers=stragglers, failed=failed)
         self.writer.append_round(record, rows)
         self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,
                                      "method": self.method.state_dict()})
@@ -292,13 +371,9 @@ class Run:
         return client_time(c.device, self.method.cost(c.spec, c.device), self.method.flops_per_sample(c.spec),
                            samples, self.cfg.local_epochs)
 
-    def train_client(self, rnd: int, c: Candidate) -> ClientResult:
-        torch.manual_seed(derived_seed(self.seed, rnd, c.position, 1))
-        batches = client_batches(self.cfg, self.data, self.parts[c.position], self.device, self.seed, rnd, c.position)
-        local = train_local(lambda: self.method.trained_task(rnd, c.device, c.spec), batches,
-                            self.cfg.local_epochs, self.cfg.optimizer, self.cfg.measure.steps, self.cfg.measure.rss,
-                            context=f"{self.tag} round {rnd}, device {c.device.id}")
-        return ClientResult(c.device, c.spec, local)
+    def client_job(self, rnd: int, c: Candidate) -> ClientJob:
+        return ClientJob(self.seed, rnd, c.position, c.device, c.spec, self.parts[c.position],
+                         f"{self.tag} round {rnd}, device {c.device.id}")
 
     def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:
         row = {"round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
@@ -381,19 +456,54 @@ def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device) ->
                      cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
 
 
+@dataclass(frozen=True)
+class RunJob:
+    """One run of a suite for an executor: its method entry, seed and folder."""
+
+    entry: MethodEntry
+    seed: int
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+@dataclass
+class Shared:
+    """What every run of a suite shares: its data, the device it trains on and the estimator."""
+
+    data: DataBundle
+    device: torch.device
+    estimator: Estimator
+
+
+SuiteExecutor = Callable[[SuiteConfig, list[RunJob], Shared, bool, Log], None]
+EXECUTORS: Registry[SuiteExecutor] = Registry("executor", load=lambda: import_module("harness.ray_executor"))
+
+
+@EXECUTORS.register("local")
+def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
+    """The suite's runs one after another in this process."""
+    for job in jobs:
+        Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, log, shared.estimator).execute(resume)
+
+
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
               log: Log = print) -> Path:
     """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder.
 
     Every run is built (data, fleet, partition, method) and, on resume, checked against its records
     before anything is written, so a config error found by a method or a refused resume leaves no
-    trace; one process at a time writes the folder."""
+    trace; one process at a time writes the folder. The suite's executor runs them (``local``: one
+    after another here; ``ray``: as Ray tasks, docs/ray.md)."""
     folder = suite_folder(cfg, out)
     device = resolve_device(cfg.device)
     deterministic_kernels()
     if not resume and (folder / "suite.json").exists():
         raise RunExistsError(f"{folder} already holds a suite run; pass --resume to continue it, "
                              "or choose another --out")
+    executor = EXECUTORS[cfg.executor]
     data = load_data(cfg.data)
     runs = [(entry, seed, f"{entry.label}-seed{seed}") for entry in cfg.methods for seed in cfg.seeds]
     estimator = suite_estimator(cfg, data, device)
@@ -412,8 +522,9 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
-            f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test) -> {folder}")
-        for entry, seed, name in runs:
-            Run(cfg, entry, seed, data, device, folder / name, log, estimator).execute(resume)
+            f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test), executor {cfg.executor} "
+            f"-> {folder}")
+        executor(cfg, [RunJob(entry, seed, folder / name) for entry, seed, name in runs],
+                 Shared(data, device, estimator), resume, log)
     log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

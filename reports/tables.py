@@ -82,6 +82,10 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
     if seeds and not timed:
         notes.append(f"{label}: no device time in its records (made before the device time model); "
                      "time to target n/a")
+    failed = int((clients["status"] == "failed").sum()) if "status" in clients else 0
+    if failed:
+        notes.append(f"{label}: {failed} selected client(s) lost with their worker (status 'failed'); "
+                     "their rounds aggregated the others")
     over = _over_budget(trained)
     if over > 0:
         notes.append(f"{label}: {over:.0%} of its trained clients exceeded their memory budget; its accuracy "

@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from conftest import tiny_suite
 
 from harness.cli import build_parser, main, measure_rows
@@ -132,6 +133,26 @@ def test_the_default_suite_shows_neulites_point(capsys):
         assert fitting <= cfg.fleet.devices / 3, seed
         sizes = [len(part) for part in partition(data.train_y, cfg.fleet.devices, cfg.data, seed)]
         assert max(sizes) <= cfg.batch_size and len(set(sizes)) <= 2, seed
+
+
+@pytest.mark.slow
+def test_the_cifar10_suite_in_its_smallest_form(cifar_root, tmp_path, capsys):
+    """suites/cifar10-cpu.toml as the docs run it (every method, on Ray), for one round and seed:
+    every run records its round, full-model training fits a minority of the fleet and NeuLite's
+    costliest stage is its measured share of it."""
+    pytest.importorskip("ray", reason="the CIFAR-10 suite runs on Ray, an optional extra: pip install -e '.[ray]'")
+    suite = ["suites/cifar10-cpu.toml", "--set", f"data.root={cifar_root}", "--set", "seeds=[0]"]
+    assert main(["memory", "--suite", *suite]) == 0
+    peaks = table_peaks(capsys.readouterr().out)
+    full, stages = peaks["full model (FedAvg)"], [v for k, v in peaks.items() if k.startswith("neulite: stage")]
+    assert len(stages) == 4 and max(stages) <= 0.70 * full
+    cfg = load_suite(suite[0], [s for s in suite[1:] if s != "--set"])
+    assert sum(d.budget >= full * MB for d in build_fleet(cfg.fleet, 0)) < cfg.fleet.devices / 2
+    assert main(["run", *suite, "--set", "rounds=1", "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "cifar10-cpu"
+    for entry in cfg.methods:
+        rounds = [json.loads(line) for line in (folder / f"{entry.label}-seed0" / "rounds.jsonl").open()]
+        assert [r["round"] for r in rounds] == [1] and rounds[0]["participated"] >= 1, entry.label
 
 
 def test_memory_takes_a_model_or_a_suite(capsys):

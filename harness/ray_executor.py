@@ -1,0 +1,180 @@
+"""Ray (docs/ray.md): a suite's runs as Ray tasks, and a round's clients on worker actors.
+
+Ray is an optional extra (``pip install '.[ray]'``) and is imported only when a suite asks for it.
+Records do not depend on where anything ran: a run's folder is written by the task that runs it,
+exactly as the local executor writes it, and a client's result depends only on its own seed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Any
+
+import torch
+
+from harness.config import RayConfig, SuiteConfig
+from harness.data import DataBundle
+from harness.engine import (
+    EXECUTORS,
+    ClientFailure,
+    ClientJob,
+    Log,
+    Run,
+    RunJob,
+    Shared,
+    deterministic_kernels,
+    resolve_device,
+    suite_estimator,
+    train_client,
+)
+from harness.methods import ClientResult, Method
+
+FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods must load on every worker
+
+
+def connect(cfg: RayConfig) -> Any:
+    """Ray, joined to ``cfg.address`` or started on this machine; a Ray already started by this
+    process (a test's, a notebook's) is used as it is. (The config has checked that Ray is installed.)"""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's progress lines, not one per kind
+    import ray
+
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        ray.init(address=cfg.address or None, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": env} if env else None)
+    return ray
+
+
+def use_threads(num_cpus: float) -> None:
+    """As many torch threads as CPUs reserved: more would oversubscribe the runs beside it."""
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle) -> str:
+    """One run, in a Ray worker. The driver has checked it before submitting, so records found here
+    are this run's own, left by a worker that died: it resumes from their last complete round."""
+    use_threads(cfg.ray.num_cpus)
+    deterministic_kernels()
+    device = resolve_device(cfg.device)
+    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, suite_estimator(cfg, data, device)).execute(True)
+    return job.name
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)  # Ray forwards a worker's output to the driver, prefixed with the task
+
+
+@EXECUTORS.register("ray")
+def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
+    """The suite's runs as Ray tasks, ``ray.num_cpus`` and ``ray.num_gpus`` each. A run whose worker
+    dies is resumed by Ray (``ray.run_retries``); a run that fails (diverged, bad records) does not
+    stop the others, and the first such error is raised once all have ended."""
+    ray = connect(cfg.ray)
+    task = ray.remote(execute_run).options(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                                           max_retries=cfg.ray.run_retries, retry_exceptions=False)
+    data = ray.put(shared.data)
+    pending = {task.remote(cfg, job, data): job for job in jobs}
+    errors: list[BaseException] = []
+    start = time.perf_counter()
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                ray.get(done[0])
+                log(f"[{job.name}] finished ({len(jobs) - len(pending)}/{len(jobs)} runs, "
+                    f"{time.perf_counter() - start:.0f} s)")
+            except ray.exceptions.RayTaskError as err:
+                cause = err.cause if isinstance(err.cause, BaseException) else err
+                log(f"[{job.name}] failed: {cause}")
+                errors.append(cause)
+            except ray.exceptions.RayError as err:  # the worker died more often than run_retries allows
+                log(f"[{job.name}] lost: {err}")
+                errors.append(RuntimeError(f"{job.name}: its worker died {cfg.ray.run_retries + 1} times; every "
+                                           f"complete round is recorded, continue with --resume ({err})"))
+    except BaseException:  # interrupted: stop the runs still going; their complete rounds stay recorded
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    if errors:
+        raise errors[0]
+
+
+class ClientWorker:
+    """A Ray actor that keeps the suite's data loaded and trains clients; the method (the global
+    state) arrives once per round through the object store and is kept until the next one."""
+
+    def __init__(self, cfg: SuiteConfig, data: DataBundle) -> None:
+        use_threads(cfg.ray.client_num_cpus)
+        deterministic_kernels()
+        self.cfg, self.data, self.device = cfg, data, resolve_device(cfg.device)
+        self._method_ref: Any = None
+        self._method: Method | None = None
+
+    def train(self, method_ref: list[Any], job: ClientJob) -> ClientResult:
+        # the reference comes wrapped in a list so Ray hands it over unresolved: fetched once a round
+        if method_ref[0] != self._method_ref:
+            import ray
+
+            self._method, self._method_ref = ray.get(method_ref[0]), method_ref[0]
+        return train_client(self.cfg, self.data, self._method, job, self.device)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayClients:
+    """Trains a round's clients on ``ray.client_workers`` actors, one client per actor at a time. A
+    client whose actor died is tried again on a fresh one (``ray.client_retries``), then recorded
+    as failed; the round goes on with the others."""
+
+    def __init__(self, cfg: SuiteConfig, data: DataBundle, log: Log) -> None:
+        self.ray = connect(cfg.ray)
+        self.cfg, self.log = cfg, log
+        self.actor = self.ray.remote(ClientWorker).options(num_cpus=cfg.ray.client_num_cpus,
+                                                          num_gpus=cfg.ray.client_num_gpus)
+        self.data_ref = self.ray.put(data)  # held for the pool's life: a replacement actor reads it too
+        self.workers = [self.spawn() for _ in range(cfg.ray.client_workers)]
+
+    def spawn(self) -> Any:
+        return self.actor.remote(self.cfg, self.data_ref)
+
+    def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]:
+        method_ref = [self.ray.put(method)]
+        results: list[ClientResult | ClientFailure | None] = [None] * len(jobs)
+        tries = [0] * len(jobs)
+        queue, idle, running = deque(range(len(jobs))), deque(self.workers), {}
+        while queue or running:
+            while queue and idle:
+                i, worker = queue.popleft(), idle.popleft()
+                running[worker.train.remote(method_ref, jobs[i])] = (i, worker)
+            done, _ = self.ray.wait(list(running), num_returns=1)
+            i, worker = running.pop(done[0])
+            try:
+                results[i] = self.ray.get(done[0])
+            except self.ray.exceptions.RayTaskError as err:  # the client's own error: the run stops
+                raise err.cause if isinstance(err.cause, BaseException) else err from None
+            except self.ray.exceptions.RayError as err:  # the worker died (killed, out of memory)
+                worker = self.replace(worker)
+                tries[i] += 1
+                if tries[i] <= self.cfg.ray.client_retries:
+                    self.log(f"{jobs[i].context}: its worker died ({type(err).__name__}); trying again")
+                    queue.append(i)
+                else:
+                    results[i] = ClientFailure(f"worker died {tries[i]} time(s): {type(err).__name__}: "
+                                               f"{str(err).splitlines()[0]}")
+            idle.append(worker)
+        return results  # type: ignore[return-value]
+
+    def replace(self, dead: Any) -> Any:
+        """A fresh actor in the dead one's place (Ray's own restart would fail the calls already queued)."""
+        self.ray.kill(dead)
+        fresh = self.spawn()
+        self.workers[self.workers.index(dead)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self.ray.kill(worker)
