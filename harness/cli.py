@@ -8,14 +8,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError, load_data
-from harness.engine import RunExistsError, resolve_device, run_suite
+from harness.engine import EXECUTORS, RunExistsError, RunLostError, check_ray, resolve_device, run_suite
 from harness.fleet import FLEETS, MB, build_fleet
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
@@ -230,7 +230,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    cfg = load_suite(args.suite, [*(args.set or []), "executor=ray"])  # refused here when Ray is missing
+    cfg = load_suite(args.suite, args.set or [])
+    check_ray(replace(cfg, executor="ray"), resolve_device(cfg.device))
     from harness.scaling import compare
 
     paths, task_ms = compare(cfg)
@@ -238,7 +239,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
           f"{device_name(resolve_device(cfg.device))}; ray: {cfg.ray.num_cpus:g} CPU(s) per run")
     print("| executor | seconds | final accuracy per method |\n|---|---|---|")
     for path in paths:
-        print(f"| {path.name} | {path.seconds:.1f} | {', '.join(f'{k} {v}' for k, v in path.accuracy.items())} |")
+        print(f"| {path.executor} | {path.seconds:.1f} | {', '.join(f'{k} {v}' for k, v in path.accuracy.items())} |")
     print(f"local / ray: {paths[0].seconds / paths[1].seconds:.2f}x")
     print(f"ray per-task cost (an empty task, warm workers): {task_ms:.2f} ms")
     return 0
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. rounds=5, data.alpha=0.1, methods.LABEL.param=1")
     run.add_argument("--resume", action="store_true", help="continue a killed or finished suite run")
-    run.add_argument("--executor", choices=("local", "ray"),
+    run.add_argument("--executor", choices=EXECUTORS.names(),
                      help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
@@ -313,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError, RecordsError,
-            PluginError) as err:
+            PluginError, RunLostError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError | DataError | PartitionError | PluginError) else 1
     except OSError as err:  # an unwritable, missing or full output folder: records so far are kept

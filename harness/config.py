@@ -7,7 +7,6 @@ of range raises one ``ConfigError`` that names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import re
 import tomllib
@@ -116,7 +115,7 @@ class SuiteConfig:
     deadline_s: float = 0.0  # round deadline in device seconds: slower clients are dropped (0: none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs"
-    executor: Literal["local", "ray"] = "local"  # where runs and clients execute (docs/ray.md)
+    executor: str = "local"  # where the runs execute: local | ray (docs/ray.md)
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,6 +272,7 @@ def validate(suite: SuiteConfig) -> None:
     """Ranges and cross-field rules; names are checked against the registries (the method
     registry loads the built-in methods and ``FL_HARNESS_PLUGINS`` itself)."""
     from harness.data import DATASETS
+    from harness.engine import EXECUTORS
     from harness.methods import METHODS
     from harness.models import MODELS
 
@@ -300,9 +300,8 @@ def validate(suite: SuiteConfig) -> None:
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
     _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
     validate_ray(suite.ray)
-    _check((suite.executor != "ray" and not suite.ray.client_workers) or importlib.util.find_spec("ray") is not None,
-           "executor = 'ray' (or ray.client_workers) needs Ray, an optional extra: pip install "
-           "'fl-memory-harness[ray]' (in a clone: pip install -e '.[ray]')")
+    _check(suite.executor in EXECUTORS, f"executor: unknown executor {suite.executor!r}; "
+           f"allowed: {', '.join(EXECUTORS.names())}")
     _check(suite.measure.steps >= 2 or suite.optimizer.momentum == 0,
            "measure.steps must be at least 2 with momentum: the first step has no optimizer state yet, "
            "so measuring it alone would under-report the peak")

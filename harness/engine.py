@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +56,15 @@ RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor",
 
 class RunExistsError(RuntimeError):
     """The output folder already holds records and ``--resume`` was not given."""
+
+
+class RunLostError(RuntimeError):
+    """A run's worker died more often than allowed; its complete rounds are recorded."""
+
+
+def run_name(label: str, seed: int) -> str:
+    """A run's folder in its suite's."""
+    return f"{label}-seed{seed}"
 
 
 def derived_seed(*parts: int) -> int:
@@ -135,7 +145,7 @@ def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, de
     return Batches(data, indices, cfg.batch_size, device, cfg.data.augment, generator=g)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClientJob:
     """One client's training in a round: all a worker needs besides the suite's data and the method."""
 
@@ -173,6 +183,12 @@ class Clients(Protocol):
     def close(self) -> None: ...
 
 
+def log_if_slow(log: Log, job: ClientJob, result: ClientResult, done: int, of: int) -> None:
+    """Long rounds show their progress: a line for each client that trained for a while."""
+    if result.local.train_time >= SLOW_CLIENT_S:
+        log(f"{job.context}: client {done}/{of} ({job.spec.label}) trained in {result.local.train_time:.1f} s")
+
+
 class LocalClients:
     """Trains a round's clients one after another in this process."""
 
@@ -181,11 +197,9 @@ class LocalClients:
 
     def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]:
         results = []
-        for i, job in enumerate(jobs):
+        for job in jobs:
             results.append(train_client(self.cfg, self.data, method, job, self.device))
-            if results[-1].local.train_time >= SLOW_CLIENT_S:  # long rounds show their progress
-                self.log(f"{job.context}: client {i + 1}/{len(jobs)} ({job.spec.label}) trained in "
-                         f"{results[-1].local.train_time:.1f} s")
+            log_if_slow(self.log, job, results[-1], len(results), len(jobs))
         return results
 
     def close(self) -> None:
@@ -197,7 +211,7 @@ def client_trainer(cfg: SuiteConfig, data: DataBundle, device: torch.device, log
     if cfg.ray.client_workers:
         from harness.ray_executor import RayClients
 
-        return RayClients(cfg, data, log)
+        return RayClients(cfg, data, device, log)
     return LocalClients(cfg, data, device, log)
 
 
@@ -262,6 +276,13 @@ class Run:
         return checkpoint
 
     def execute(self, resume: bool) -> None:
+        """Run (or continue) the rounds, holding the run folder's lock: a second writer (a worker
+        left over from a killed driver on a cluster) is refused instead of doubling rounds."""
+        self.writer.folder.mkdir(parents=True, exist_ok=True)
+        with SuiteLock(self.writer.folder):
+            self._execute(resume)
+
+    def _execute(self, resume: bool) -> None:
         first, clock = 1, Clock()
         if not self.writer.has_records():
             self.writer.write_manifest(self.manifest())
@@ -276,12 +297,12 @@ class Run:
                 self.log(f"{self.tag} resuming after round {done}")
         if first > self.cfg.rounds:
             return
-        self.clients = client_trainer(self.cfg, self.data, self.device, self.log)
+        clients = client_trainer(self.cfg, self.data, self.device, self.log)
         try:
             for rnd in range(first, self.cfg.rounds + 1):
-                self.round(rnd, clock)
+                self.round(rnd, clock, clients)
         finally:
-            self.clients.close()
+            clients.close()
 
     def check_same_config(self) -> None:
         """Resuming with another config would mix two experiments in one set of records. More rounds,
@@ -313,7 +334,7 @@ class Run:
         config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}
         return {"config": config, "method_params": dataclasses.asdict(self.params)}
 
-    def round(self, rnd: int, clock: Clock) -> None:
+    def round(self, rnd: int, clock: Clock, clients: Clients) -> None:
         start = time.perf_counter()
         candidates = plan_round(self.method, rnd, self.fleet)
         chosen = select(candidates, self.cfg.clients_per_round, self.cfg.selection, self.seed, rnd)
@@ -332,7 +353,7 @@ class Run:
                 jobs.append((self.client_job(rnd, c), row, on_device.total))
             elif not c.reason:
                 row["status"] = "not_selected"
-        outcomes = self.clients.train(self.method, [job for job, _, _ in jobs])
+        outcomes = clients.train(self.method, [job for job, _, _ in jobs])
         failed = 0
         for (_, row, on_device), outcome in zip(jobs, outcomes):
             if isinstance(outcome, ClientFailure):
@@ -479,7 +500,13 @@ class Shared:
 
 
 SuiteExecutor = Callable[[SuiteConfig, list[RunJob], Shared, bool, Log], None]
-EXECUTORS: Registry[SuiteExecutor] = Registry("executor", load=lambda: import_module("harness.ray_executor"))
+
+
+def _load_executors() -> None:
+    import_module("harness.ray_executor")  # registers "ray"; Ray itself is imported only when used
+
+
+EXECUTORS: Registry[SuiteExecutor] = Registry("executor", load=_load_executors)
 
 
 @EXECUTORS.register("local")
@@ -487,6 +514,23 @@ def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bo
     """The suite's runs one after another in this process."""
     for job in jobs:
         Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, log, shared.estimator).execute(resume)
+
+
+def check_ray(cfg: SuiteConfig, device: torch.device) -> None:
+    """Before anything is written: Ray installed where the suite asks for it, and given a share of
+    the GPU the suite trains on (Ray hides the GPUs from a task that asks for none)."""
+    runs_on_ray, clients_on_ray = cfg.executor == "ray", cfg.ray.client_workers > 0
+    if not (runs_on_ray or clients_on_ray):
+        return
+    if find_spec("ray") is None:
+        raise ConfigError("executor = 'ray' (or ray.client_workers) needs Ray, an optional extra: pip install "
+                          "'fl-memory-harness[ray]' (in a clone: pip install -e '.[ray]')")
+    if device.type == "cuda" and runs_on_ray and not cfg.ray.num_gpus:
+        raise ConfigError("the suite trains on a GPU but ray.num_gpus is 0; give each run a share, e.g. "
+                          "--set ray.num_gpus=0.25 (four runs on a GPU)")
+    if device.type == "cuda" and clients_on_ray and not cfg.ray.client_num_gpus:
+        raise ConfigError("the suite trains on a GPU but ray.client_num_gpus is 0; give each client worker a "
+                          "share, e.g. --set ray.client_num_gpus=0.25")
 
 
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
@@ -504,8 +548,9 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         raise RunExistsError(f"{folder} already holds a suite run; pass --resume to continue it, "
                              "or choose another --out")
     executor = EXECUTORS[cfg.executor]
+    check_ray(cfg, device)
     data = load_data(cfg.data)
-    runs = [(entry, seed, f"{entry.label}-seed{seed}") for entry in cfg.methods for seed in cfg.seeds]
+    runs = [(entry, seed, run_name(entry.label, seed)) for entry in cfg.methods for seed in cfg.seeds]
     estimator = suite_estimator(cfg, data, device)
     created = not folder.exists()
     try:
@@ -524,7 +569,7 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
             f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test), executor {cfg.executor} "
             f"-> {folder}")
-        executor(cfg, [RunJob(entry, seed, folder / name) for entry, seed, name in runs],
+        executor(cfg, [RunJob(entry, seed, (folder / name).resolve()) for entry, seed, name in runs],
                  Shared(data, device, estimator), resume, log)
     log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
     return folder

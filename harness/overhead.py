@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
-from harness.engine import client_batches, derived_seed, evaluates, resolve_device, run_suite, sample
+from harness.engine import client_batches, derived_seed, evaluates, resolve_device, run_name, run_suite, sample
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import ModelSpec, build_model
 from harness.records import read_jsonl
 from harness.training import Task, evaluate, make_optimizer, training_step
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,21 +71,27 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
     return time.perf_counter() - start, accuracy
 
 
-def harness_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
-    """Seconds and final accuracy of the same FedAvg run through ``run_suite``, measurement and
-    records on."""
+def timed_suite(cfg: SuiteConfig, read: Callable[[Path], T]) -> tuple[float, T]:
+    """Seconds of ``run_suite(cfg)`` into a temporary folder, and what ``read`` takes from its records."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         folder = run_suite(cfg, out, log=lambda *_: None)
         seconds = time.perf_counter() - start
-        return seconds, read_jsonl(folder / f"fedavg-seed{seed}" / "rounds.jsonl")[-1]["accuracy"]
+        return seconds, read(folder)
+
+
+def harness_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
+    """Seconds and final accuracy of the same FedAvg run through ``run_suite``, measurement and
+    records on."""
+    return timed_suite(cfg, lambda out: read_jsonl(out / run_name("fedavg", seed) / "rounds.jsonl")[-1]["accuracy"])
 
 
 def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
     """The suite's FedAvg (one seed), through the harness and bare, ``repeats`` times each
     alternately; the best time of each (the least disturbed by other work on the machine)."""
     seed = cfg.seeds[0]
-    cfg = replace(cfg, seeds=[seed], methods=[MethodEntry("fedavg", "fedavg")])
+    cfg = replace(cfg, seeds=[seed], methods=[MethodEntry("fedavg", "fedavg")], executor="local",
+                  ray=replace(cfg.ray, client_workers=0))  # the bare loop is one process
     harness_runs, bare_runs = [], []
     for _ in range(repeats):
         harness_runs.append(harness_fedavg(cfg, seed))

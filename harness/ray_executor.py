@@ -23,9 +23,10 @@ from harness.engine import (
     Log,
     Run,
     RunJob,
+    RunLostError,
     Shared,
     deterministic_kernels,
-    resolve_device,
+    log_if_slow,
     suite_estimator,
     train_client,
 )
@@ -36,7 +37,7 @@ FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods mus
 
 def connect(cfg: RayConfig) -> Any:
     """Ray, joined to ``cfg.address`` or started on this machine; a Ray already started by this
-    process (a test's, a notebook's) is used as it is. (The config has checked that Ray is installed.)"""
+    process (a test's, a notebook's) is used as it is. (``check_ray`` has found Ray installed.)"""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's progress lines, not one per kind
     import ray
 
@@ -48,18 +49,27 @@ def connect(cfg: RayConfig) -> Any:
 
 
 def use_threads(num_cpus: float) -> None:
-    """As many torch threads as CPUs reserved: more would oversubscribe the runs beside it."""
-    torch.set_num_threads(max(1, int(num_cpus)))
+    """As many torch threads as CPUs reserved (at least one, by the config): no more, or the runs
+    beside it are oversubscribed."""
+    torch.set_num_threads(int(num_cpus))
 
 
-def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle) -> str:
-    """One run, in a Ray worker. The driver has checked it before submitting, so records found here
-    are this run's own, left by a worker that died: it resumes from their last complete round."""
+def cause(err: Any) -> BaseException:
+    """The exception a Ray task raised, as it was raised (Ray wraps it in a ``RayTaskError``)."""
+    return err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+
+
+def first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+
+
+def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device) -> None:
+    """One run, in a Ray worker, on the device the driver resolved (a GPU Ray assigned it). The
+    driver checked the run before submitting it, so records found here are its own, left by a
+    worker that died: it resumes from their last complete round."""
     use_threads(cfg.ray.num_cpus)
     deterministic_kernels()
-    device = resolve_device(cfg.device)
     Run(cfg, job.entry, job.seed, data, device, job.folder, _print, suite_estimator(cfg, data, device)).execute(True)
-    return job.name
 
 
 def _print(line: str) -> None:
@@ -70,12 +80,13 @@ def _print(line: str) -> None:
 def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
     """The suite's runs as Ray tasks, ``ray.num_cpus`` and ``ray.num_gpus`` each. A run whose worker
     dies is resumed by Ray (``ray.run_retries``); a run that fails (diverged, bad records) does not
-    stop the others, and the first such error is raised once all have ended."""
+    stop the others, and the first such error is raised once all have ended. The runs print their
+    own progress lines (Ray forwards them here); ``log`` gets one line as each run ends."""
     ray = connect(cfg.ray)
     task = ray.remote(execute_run).options(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                            max_retries=cfg.ray.run_retries, retry_exceptions=False)
     data = ray.put(shared.data)
-    pending = {task.remote(cfg, job, data): job for job in jobs}
+    pending = {task.remote(cfg, job, data, shared.device): job for job in jobs}
     errors: list[BaseException] = []
     start = time.perf_counter()
     try:
@@ -87,13 +98,13 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
                 log(f"[{job.name}] finished ({len(jobs) - len(pending)}/{len(jobs)} runs, "
                     f"{time.perf_counter() - start:.0f} s)")
             except ray.exceptions.RayTaskError as err:
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                log(f"[{job.name}] failed: {cause}")
-                errors.append(cause)
+                log(f"[{job.name}] failed: {first_line(cause(err))}")
+                errors.append(cause(err))
             except ray.exceptions.RayError as err:  # the worker died more often than run_retries allows
-                log(f"[{job.name}] lost: {err}")
-                errors.append(RuntimeError(f"{job.name}: its worker died {cfg.ray.run_retries + 1} times; every "
-                                           f"complete round is recorded, continue with --resume ({err})"))
+                log(f"[{job.name}] lost: {first_line(err)}")
+                errors.append(RunLostError(f"{job.name}: lost with its worker ({first_line(err)}) after "
+                                           f"{cfg.ray.run_retries} retries; every complete round is recorded, "
+                                           "continue with --resume"))
     except BaseException:  # interrupted: stop the runs still going; their complete rounds stay recorded
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -106,22 +117,23 @@ class ClientWorker:
     """A Ray actor that keeps the suite's data loaded and trains clients; the method (the global
     state) arrives once per round through the object store and is kept until the next one."""
 
-    def __init__(self, cfg: SuiteConfig, data: DataBundle) -> None:
+    def __init__(self, cfg: SuiteConfig, data: DataBundle, device: torch.device) -> None:
         use_threads(cfg.ray.client_num_cpus)
         deterministic_kernels()
-        self.cfg, self.data, self.device = cfg, data, resolve_device(cfg.device)
-        self._method_ref: Any = None
+        self.cfg, self.data, self.device = cfg, data, device
+        self._method_key = ""
         self._method: Method | None = None
 
     def train(self, method_ref: list[Any], job: ClientJob) -> ClientResult:
         # the reference comes wrapped in a list so Ray hands it over unresolved: fetched once a round
-        if method_ref[0] != self._method_ref:
+        if method_ref[0].hex() != self._method_key:
             import ray
 
-            self._method, self._method_ref = ray.get(method_ref[0]), method_ref[0]
+            self._method, self._method_key = ray.get(method_ref[0]), method_ref[0].hex()
         return train_client(self.cfg, self.data, self._method, job, self.device)
 
     def pid(self) -> int:
+        """The worker's process (started: its data and code are loaded)."""
         return os.getpid()
 
 
@@ -130,21 +142,26 @@ class RayClients:
     client whose actor died is tried again on a fresh one (``ray.client_retries``), then recorded
     as failed; the round goes on with the others."""
 
-    def __init__(self, cfg: SuiteConfig, data: DataBundle, log: Log) -> None:
+    def __init__(self, cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> None:
         self.ray = connect(cfg.ray)
-        self.cfg, self.log = cfg, log
+        self.cfg, self.device, self.log = cfg, device, log
         self.actor = self.ray.remote(ClientWorker).options(num_cpus=cfg.ray.client_num_cpus,
                                                           num_gpus=cfg.ray.client_num_gpus)
         self.data_ref = self.ray.put(data)  # held for the pool's life: a replacement actor reads it too
         self.workers = [self.spawn() for _ in range(cfg.ray.client_workers)]
+        try:  # a worker that cannot start (a plugin that does not import) is an error, not a death per client
+            self.ray.get([worker.pid.remote() for worker in self.workers])
+        except self.ray.exceptions.RayError as err:
+            self.close()
+            raise cause(err) from None
 
     def spawn(self) -> Any:
-        return self.actor.remote(self.cfg, self.data_ref)
+        return self.actor.remote(self.cfg, self.data_ref, self.device)
 
     def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]:
         method_ref = [self.ray.put(method)]
         results: list[ClientResult | ClientFailure | None] = [None] * len(jobs)
-        tries = [0] * len(jobs)
+        tries, done_count = [0] * len(jobs), 0
         queue, idle, running = deque(range(len(jobs))), deque(self.workers), {}
         while queue or running:
             while queue and idle:
@@ -153,9 +170,9 @@ class RayClients:
             done, _ = self.ray.wait(list(running), num_returns=1)
             i, worker = running.pop(done[0])
             try:
-                results[i] = self.ray.get(done[0])
+                result = self.ray.get(done[0])
             except self.ray.exceptions.RayTaskError as err:  # the client's own error: the run stops
-                raise err.cause if isinstance(err.cause, BaseException) else err from None
+                raise cause(err) from None
             except self.ray.exceptions.RayError as err:  # the worker died (killed, out of memory)
                 worker = self.replace(worker)
                 tries[i] += 1
@@ -163,8 +180,10 @@ class RayClients:
                     self.log(f"{jobs[i].context}: its worker died ({type(err).__name__}); trying again")
                     queue.append(i)
                 else:
-                    results[i] = ClientFailure(f"worker died {tries[i]} time(s): {type(err).__name__}: "
-                                               f"{str(err).splitlines()[0]}")
+                    results[i] = ClientFailure(f"worker died {tries[i]} time(s): {first_line(err)}")
+            else:
+                results[i], done_count = result, done_count + 1
+                log_if_slow(self.log, jobs[i], result, done_count, len(jobs))
             idle.append(worker)
         return results  # type: ignore[return-value]
 

@@ -28,9 +28,10 @@ class RecordsError(RuntimeError):
 
 
 class SuiteLock:
-    """One writer per suite folder: an exclusive OS lock on ``folder/.lock`` for the whole run, so
-    a second process (a concurrent run, a ``--resume`` started meanwhile) is refused instead of
-    doubling rounds. The OS drops the lock when its holder dies, so a stale lock is taken over."""
+    """One writer per folder (a suite's, and each run's): an exclusive OS lock on ``folder/.lock``
+    for the whole run, so a second process (a concurrent run, a ``--resume`` started meanwhile, a
+    Ray worker left over from a killed driver) is refused instead of doubling rounds. The OS drops
+    the lock when its holder dies, so a stale lock is taken over."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK

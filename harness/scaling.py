@@ -1,33 +1,30 @@
-"""What Ray buys and costs (``python -m harness scaling``): a suite run locally, then with its runs
-as Ray tasks, in one process one after the other so that the ratio is meaningful on that machine;
-and the fixed cost Ray adds to each task it runs."""
+"""What Ray buys and costs (``python -m harness scaling``): a suite with its runs one after another
+in this process, then as Ray tasks, one after the other so that the ratio is meaningful on that
+machine; and the fixed cost Ray adds to each task it runs."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, replace
 
 from harness.config import SuiteConfig
-from harness.engine import run_suite
+from harness.engine import run_name
+from harness.overhead import timed_suite
 from harness.ray_executor import connect
 from harness.summary import summary_rows
 
 
 @dataclass(frozen=True)
 class Timed:
-    name: str
+    executor: str
     seconds: float
     accuracy: dict[str, str]  # final accuracy per label: the same records, whichever way they ran
 
 
-def timed_suite(name: str, cfg: SuiteConfig) -> Timed:
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        folder = run_suite(cfg, out, log=lambda *_: None)
-        seconds = time.perf_counter() - start
-        rows = summary_rows(folder, [(e.label, f"{e.label}-seed{s}") for e in cfg.methods for s in cfg.seeds])
-        return Timed(name, seconds, {row[0]: row[1] for row in rows})
+def timed(cfg: SuiteConfig) -> Timed:
+    runs = [(e.label, run_name(e.label, s)) for e in cfg.methods for s in cfg.seeds]
+    seconds, rows = timed_suite(cfg, lambda folder: summary_rows(folder, runs))
+    return Timed(cfg.executor, seconds, {row[0]: row[1] for row in rows})
 
 
 def empty_task_ms(cfg: SuiteConfig, tasks: int = 200) -> float:
@@ -43,7 +40,8 @@ def empty_task_ms(cfg: SuiteConfig, tasks: int = 200) -> float:
 
 
 def compare(cfg: SuiteConfig) -> tuple[list[Timed], float]:
-    """The suite locally and on Ray (runs as tasks), then Ray's per-task cost."""
-    local = timed_suite("local", replace(cfg, executor="local"))
-    spread = timed_suite("ray", replace(cfg, executor="ray"))
-    return [local, spread], empty_task_ms(cfg)
+    """The suite's runs locally and as Ray tasks (clients in their run's process both times), then
+    Ray's per-task cost. Ray is started before the timing, as a cluster would be."""
+    cfg = replace(cfg, ray=replace(cfg.ray, client_workers=0))
+    connect(cfg.ray)
+    return [timed(replace(cfg, executor="local")), timed(replace(cfg, executor="ray"))], empty_task_ms(cfg)

@@ -1,4 +1,5 @@
-"""A FedAvg that kills its own process once, where a test says: how a Ray worker dies mid-task.
+"""FedAvg variants for the Ray tests: one that kills its own process once, where a test says (a
+worker dying mid-task), and one whose clients hold 256 MB for a moment (a large peak).
 
 Loaded on Ray workers through ``FL_HARNESS_PLUGINS=ray_faults`` (tests/test_ray.py)."""
 
@@ -9,6 +10,9 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn.functional as F
 
 from baselines.fedavg import FedAvg
 from harness.fleet import Device
@@ -45,3 +49,21 @@ class DieOnce(FedAvg):
         if rnd == self.params.aggregate_round:
             die_once(self.params.marker)
         return super().aggregate(rnd, results)
+
+
+def hog_loss(model, x, y):
+    """Cross-entropy, after holding 256 MB on the batch's device for a moment (the first step's peak)."""
+    hog = torch.ones(64 * 2**20, device=x.device)
+    del hog
+    return F.cross_entropy(model(x), y)
+
+
+@register_method("hog")
+class Hog(FedAvg):
+    """FedAvg whose clients also hold 256 MB in each step: a client with a large peak in every
+    memory source, to show that the next client on the same worker does not inherit it."""
+
+    def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
+        task = super().client_task(rnd, device, spec)
+        task.loss = hog_loss
+        return task

@@ -140,7 +140,7 @@ def test_the_cifar10_suite_in_its_smallest_form(cifar_root, tmp_path, capsys):
     """suites/cifar10-cpu.toml as the docs run it (every method, on Ray), for one round and seed:
     every run records its round, full-model training fits a minority of the fleet and NeuLite's
     costliest stage is its measured share of it."""
-    pytest.importorskip("ray", reason="the CIFAR-10 suite runs on Ray, an optional extra: pip install -e '.[ray]'")
+    ray = pytest.importorskip("ray", reason="the CIFAR-10 suite runs on Ray: pip install -e '.[ray]'")
     suite = ["suites/cifar10-cpu.toml", "--set", f"data.root={cifar_root}", "--set", "seeds=[0]"]
     assert main(["memory", "--suite", *suite]) == 0
     peaks = table_peaks(capsys.readouterr().out)
@@ -148,7 +148,10 @@ def test_the_cifar10_suite_in_its_smallest_form(cifar_root, tmp_path, capsys):
     assert len(stages) == 4 and max(stages) <= 0.70 * full
     cfg = load_suite(suite[0], [s for s in suite[1:] if s != "--set"])
     assert sum(d.budget >= full * MB for d in build_fleet(cfg.fleet, 0)) < cfg.fleet.devices / 2
-    assert main(["run", *suite, "--set", "rounds=1", "--out", str(tmp_path)]) == 0
+    try:
+        assert main(["run", *suite, "--set", "rounds=1", "--out", str(tmp_path)]) == 0
+    finally:
+        ray.shutdown()  # the Ray this test started, so that later tests start their own
     folder = tmp_path / "cifar10-cpu"
     for entry in cfg.methods:
         rounds = [json.loads(line) for line in (folder / f"{entry.label}-seed0" / "rounds.jsonl").open()]

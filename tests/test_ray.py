@@ -4,6 +4,8 @@ memory measured per client on reused workers, and workers killed mid-task."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,18 @@ import torch
 from conftest import REPO, tiny_suite
 
 from harness.cli import main
+from harness.config import ConfigError
 from harness.data import load_data
-from harness.engine import ClientJob, Run, plan_round, run_suite, suite_estimator, train_client
+from harness.engine import (
+    ClientJob,
+    Run,
+    RunLostError,
+    check_ray,
+    plan_round,
+    run_suite,
+    suite_estimator,
+    train_client,
+)
 from harness.methods import ClientResult
 from harness.records import CHECKPOINT, read_jsonl
 
@@ -27,10 +39,12 @@ quiet = lambda _: None  # noqa: E731
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One 2-CPU Ray for the module; workers find the tests' own method through the environment."""
-    import ray_faults  # noqa: F401  registers die-once here, as FL_HARNESS_PLUGINS does on the workers
+    import ray_faults  # noqa: F401  registers its methods here, as FL_HARNESS_PLUGINS does on the workers
 
+    ray.shutdown()  # a Ray started by an earlier test, without this module's environment
     env = {"FL_HARNESS_PLUGINS": "ray_faults", "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env})
+    ray.init(num_cpus=2, num_gpus=torch.cuda.device_count(), include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
@@ -45,15 +59,28 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def assert_same(a, b, where: str = "") -> None:
+    """Equal to the bit: tensors by value, containers entry by entry."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 def same_records(a: Path, b: Path) -> None:
+    """The same rounds, clients (but for wall times and RSS) and final method state."""
     for name in ("rounds.jsonl", "clients.jsonl"):
         assert without_times(read_jsonl(a / name)) == without_times(read_jsonl(b / name)), name
-    wa, wb = (torch.load(f / CHECKPOINT, weights_only=False)["method"] for f in (a, b))
-    for key in wa:
-        if isinstance(wa[key], dict):
-            for name, tensor in wa[key].items():
-                if isinstance(tensor, torch.Tensor):
-                    assert torch.equal(tensor, wb[key][name]), (key, name)
+    checkpoints = [torch.load(f / CHECKPOINT, weights_only=False) for f in (a, b)]
+    assert_same(*(c["method"] for c in checkpoints), "method")
 
 
 SUITE = dict(methods=[{"method": "fedavg"}, {"method": "neulite"}], seeds=[0, 1], rounds=3)
@@ -85,42 +112,44 @@ def test_executor_ray_from_the_command_line(tmp_path, capsys):
         assert len(read_jsonl(tmp_path / "out" / "cli" / f"fedavg-seed{seed}" / "rounds.jsonl")) == 2
 
 
-def client(cfg, data, rnd: int = 1) -> tuple[Run, ClientJob]:
-    """A run of ``cfg`` and the job of its first trained client in round ``rnd``."""
-    device = torch.device("cpu")
+def client(cfg, data, device: torch.device) -> tuple[Run, ClientJob]:
+    """A run of ``cfg`` and the job of its first client in round 1."""
     run = Run(cfg, cfg.methods[0], 0, data, device, Path("unused"), quiet, suite_estimator(cfg, data, device))
-    candidate = plan_round(run.method, rnd, run.fleet)[0]
-    return run, run.client_job(rnd, candidate)
+    return run, run.client_job(1, plan_round(run.method, 1, run.fleet)[0])
 
 
-def test_a_reused_worker_measures_each_client_on_its_own(one_thread):
-    """A large client (a full-width ResNet-18: 134 MB of weights, gradients and momentum) then a
-    small one on the same worker: the small one's tensor peak is exactly what a fresh process
-    measures, and its RSS rise is its own, not the large one's."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_a_reused_worker_measures_each_client_on_its_own(one_thread, device):
+    """A client that holds 256 MB for a moment, then a plain one on the same worker: the plain
+    one's peaks are its own in every source (the large one's high-water marks are reset), and
+    equal to what this process measures for it."""
     from harness.ray_executor import RayClients
 
-    small_cfg = tiny_suite(ray={"client_workers": 1}, fleet={"devices": 1}, clients_per_round=1)
-    big_cfg = tiny_suite(ray={"client_workers": 1}, fleet={"devices": 1}, clients_per_round=1,
-                         model={"name": "resnet18", "width": 1.0})
-    data = load_data(small_cfg.data)
-    (big_run, big_job), (small_run, small_job) = client(big_cfg, data), client(small_cfg, data)
-    pool = RayClients(small_cfg, data, quiet)
+    over = dict(fleet={"devices": 1}, clients_per_round=1, device=device,
+                ray={"client_workers": 1, "client_num_gpus": 1.0 if device == "cuda" else 0.0})
+    plain_cfg, hog_cfg = tiny_suite(**over), tiny_suite(**over, methods=[{"method": "hog"}])
+    data, where = load_data(plain_cfg.data), torch.device(device)
+    (hog_run, hog_job), (plain_run, plain_job) = client(hog_cfg, data, where), client(plain_cfg, data, where)
+    pool = RayClients(plain_cfg, data, where, quiet)
     try:
-        big = pool.train(big_run.method, [big_job])[0]
-        small = pool.train(small_run.method, [small_job])[0]
+        hog = pool.train(hog_run.method, [hog_job])[0]
+        plain = pool.train(plain_run.method, [plain_job])[0]
         pids = {ray.get(w.pid.remote()) for w in pool.workers}
     finally:
         pool.close()
-    alone = train_client(small_cfg, data, small_run.method, small_job, torch.device("cpu"))
+    alone = train_client(plain_cfg, data, plain_run.method, plain_job, where)
     assert len(pids) == 1 and pids != {os.getpid()}
-    assert isinstance(big, ClientResult) and isinstance(small, ClientResult)
-    assert small.local.memory["tensor"] == alone.local.memory["tensor"]
-    assert big.local.memory["tensor"]["peak"] > 100 * small.local.memory["tensor"]["peak"]
-    big_rss, small_rss = big.local.memory["rss"]["delta"], small.local.memory["rss"]["delta"]
-    assert big_rss > 100 * 2**20  # the large client's weights, gradients and momentum
-    assert small_rss < big_rss / 10  # reset per client: the large one's high-water mark is gone
-    assert small.local.state.keys() == alone.local.state.keys()
-    assert all(torch.equal(small.local.state[k], alone.local.state[k]) for k in alone.local.state)
+    assert isinstance(hog, ClientResult) and isinstance(plain, ClientResult)
+    hogged = 256 * 2**20
+    assert hog.local.memory["tensor"]["peak"] > hogged > 100 * plain.local.memory["tensor"]["peak"]
+    assert plain.local.memory["tensor"] == alone.local.memory["tensor"]
+    assert hog.local.memory["rss"]["delta"] > 0.9 * hogged
+    assert plain.local.memory["rss"]["peak"] < hog.local.memory["rss"]["peak"] - 0.9 * hogged  # reset, not kept
+    if device == "cuda":
+        assert hog.local.memory["cuda"]["task_peak"] > hogged
+        assert plain.local.memory["cuda"]["task_peak"] == alone.local.memory["cuda"]["task_peak"]
+    assert_same(plain.local.state, alone.local.state)
 
 
 def die_once(tmp_path: Path, **params) -> dict:
@@ -147,13 +176,50 @@ def test_a_client_whose_worker_dies_is_retried_or_recorded_failed(tmp_path, one_
     assert len(clients) == len(want_clients) == 3 * 4
 
 
-def test_a_run_whose_worker_dies_resumes_from_its_last_complete_round(tmp_path, one_thread, capsys):
+def test_a_run_whose_worker_dies_resumes_from_its_last_complete_round(tmp_path, one_thread):
     over = dict(methods=[die_once(tmp_path, aggregate_round=2)], rounds=4)
-    killed = run_suite(tiny_suite(**over, executor="ray"), tmp_path / "k") / "die-once-seed0"
+    killed = run_suite(tiny_suite(**over, executor="ray"), tmp_path / "k", log=quiet) / "die-once-seed0"
     assert (tmp_path / "died").exists()
-    assert "resuming after round 1" in capsys.readouterr().out
     straight = run_suite(tiny_suite(**over), tmp_path / "s", log=quiet) / "die-once-seed0"
     rounds, _ = records(killed)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # round 2, cut short, redone once
     same_records(killed, straight)
 
+
+def test_a_run_lost_for_good_keeps_its_rounds_and_resumes(tmp_path, one_thread):
+    """No retries left: the other runs finish, the lost one's complete rounds stay, the suite
+    stops with one line, and ``--resume`` finishes it as if nothing had happened."""
+    over = dict(methods=[die_once(tmp_path, aggregate_round=2)], rounds=3, seeds=[0, 1])
+    cfg = tiny_suite(**over, executor="ray", ray={"run_retries": 0})
+    with pytest.raises(RunLostError, match="after 0 retries; every complete round is recorded"):
+        run_suite(cfg, tmp_path / "k", log=quiet)
+    folder = tmp_path / "k" / "tiny"
+    lengths = sorted(len(read_jsonl(folder / f"die-once-seed{s}" / "rounds.jsonl")) for s in (0, 1))
+    assert lengths == [1, 3]  # one seed died in round 2 (the marker is shared); the other finished
+    run_suite(cfg, tmp_path / "k", resume=True, log=quiet)
+    straight = run_suite(tiny_suite(**over), tmp_path / "s", log=quiet)
+    for seed in (0, 1):
+        same_records(folder / f"die-once-seed{seed}", straight / f"die-once-seed{seed}")
+
+
+def test_ray_is_checked_before_anything_is_written(tmp_path, monkeypatch):
+    from harness import engine
+
+    with pytest.raises(ConfigError, match=r"ray\.num_gpus is 0"):
+        check_ray(tiny_suite(executor="ray"), torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"ray\.client_num_gpus is 0"):
+        check_ray(tiny_suite(ray={"client_workers": 2, "num_gpus": 1.0}), torch.device("cuda"))
+    check_ray(tiny_suite(executor="ray", ray={"num_gpus": 0.25}), torch.device("cuda"))
+    monkeypatch.setattr(engine, "find_spec", lambda name: None)  # as without the extra
+    with pytest.raises(ConfigError, match=r"pip install 'fl-memory-harness\[ray\]'"):
+        run_suite(tiny_suite(executor="ray"), tmp_path, log=quiet)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_the_local_executor_never_imports_ray(tmp_path):
+    code = ("import sys; from conftest import tiny_suite; from harness.engine import run_suite; "
+            f"run_suite(tiny_suite(rounds=1), {str(tmp_path)!r}, log=lambda _: None); "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=TESTS, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])})
+    assert done.returncode == 0, done.stderr
