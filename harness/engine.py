@@ -138,6 +138,14 @@ def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
     return rnd % cfg.eval_every == 0 or rnd == cfg.rounds
 
 
+def mixed(n: int) -> torch.Tensor:
+    """One fixed order of ``n`` samples for evaluation and calibration passes. Data sets stored class
+    by class (an image folder) would otherwise give one-class batches, and a model that normalises
+    with its batch's statistics (FedRolex's evaluation, HeteroFL's calibration pass) would be
+    scored on those; a model with running statistics scores the same in any order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0xE7A1))
+
+
 def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, device: torch.device, seed: int,
                    rnd: int, position: int) -> Batches:
     """The client's local batches in round ``rnd``: shuffled and augmented by its own seed."""
@@ -242,8 +250,8 @@ class Run:
         self.params = cls.parse_params(entry.params, f"methods ({entry.label})")
         torch.manual_seed(derived_seed(seed, 0))
         self.method = cls(self.params, self.ctx)
-        self.test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
-        self.calibration = Batches(data, torch.arange(len(data.train_y)), cfg.eval_batch_size, device) \
+        self.test = Batches(data, mixed(len(data.test_y)), cfg.eval_batch_size, device, train=False)
+        self.calibration = Batches(data, mixed(len(data.train_y)), cfg.eval_batch_size, device) \
             if self.method.calibrates else None
         self.tag = f"[{entry.label} seed {seed}]"
 

@@ -1,5 +1,6 @@
 """The round loop end to end: records, the memory gate, determinism, resume, bad runs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,8 @@ from conftest import start, tiny_suite, write_toml
 
 import harness.methods as methods_module
 from harness.config import ConfigError
-from harness.engine import RunExistsError, plan_round, run_suite
+from harness.data import load_data
+from harness.engine import Run, RunExistsError, plan_round, run_suite, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
@@ -193,6 +195,23 @@ def test_real_cifar10_end_to_end(cifar_root, tmp_path, quiet):
     neulite_rounds, _ = records(folder / "neulite-seed0")
     assert [r["stage"] for r in neulite_rounds] == [1, 2]
     assert 0.1 <= neulite_rounds[-1]["evals"]["stage"]["accuracy"] <= 1
+
+
+def test_evaluation_mixes_the_classes_of_a_data_set_stored_class_by_class(tmp_path, quiet):
+    """An image folder decodes class by class. FedRolex evaluates with each test batch's statistics
+    and HeteroFL calibrates with the training batches': one-class batches would score FedRolex near
+    chance on CIFAR-10 (15% against HeteroFL's 40%, before this order), so both passes mix classes."""
+    cfg = tiny_suite(eval_batch_size=16, methods=[{"method": "heterofl"}])
+    data = load_data(cfg.data)
+    test, train = torch.argsort(data.test_y, stable=True), torch.argsort(data.train_y, stable=True)
+    by_class = dataclasses.replace(data, test_x=data.test_x[test], test_y=data.test_y[test],
+                                   train_x=data.train_x[train], train_y=data.train_y[train])
+    device = torch.device("cpu")
+    run = Run(cfg, cfg.methods[0], 0, by_class, device, tmp_path / "r", quiet, suite_estimator(cfg, by_class, device))
+    for batches in (run.test, run.calibration):
+        labels = [len(y.unique()) for _, y in batches]
+        assert len(labels) >= 5 and min(labels) >= 5, labels  # class-sorted batches of 16 hold 1-2 classes
+    assert sorted(torch.cat([y for _, y in run.test]).tolist()) == sorted(data.test_y.tolist())  # each once
 
 
 def test_eval_every_skips_evaluation_but_not_training(tmp_path, quiet):
