@@ -80,9 +80,11 @@ class MeasureConfig:
 
 @dataclass
 class RayConfig:
-    """How ``executor = "ray"`` spreads a suite (docs/ray.md). Results do not depend on any of it."""
+    """How ``executor = "ray"`` spreads a suite (docs/ray.md). Records do not depend on where a run
+    or client executed, only on its torch threads (``num_cpus``): other thread counts sum in another
+    order, so they differ in the last bits and, over many rounds, within the seed spread."""
 
-    address: str = ""  # "" starts Ray on this machine; "auto" or "HOST:PORT" joins a running cluster
+    address: str = ""  # "": RAY_ADDRESS's or a local `ray start` cluster, else a new Ray here; "auto" or HOST:PORT
     num_cpus: float = 1.0  # CPUs reserved for each run (its torch threads: at least one)
     num_gpus: float = 0.0  # share of a GPU for each run: 0.25 puts four runs on one GPU
     client_workers: int = 0  # > 0: each run trains a round's clients on this many worker actors
