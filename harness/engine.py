@@ -25,6 +25,7 @@ from harness.memory import MemoryReport
 from harness.methods import (
     METHODS,
     ClientResult,
+    CostStore,
     Estimator,
     Excluded,
     Method,
@@ -477,12 +478,14 @@ def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry,
             "started": earlier.get("started", now()), "runs": listed}
 
 
-def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device) -> Estimator:
+def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device,
+                    store: CostStore | None = None) -> Estimator:
     """One estimator for all of a suite's runs: a task's cost depends on the suite's data shape,
     batch, optimizer and device and on the method's parameters (its key), never on the seed, so
-    the seeds and the methods that train the same task share each estimate."""
+    the seeds and the methods that train the same task share each estimate (runs in other
+    processes through ``store``)."""
     return Estimator(tuple(data.train_x.shape[1:]), data.num_classes, cfg.batch_size, cfg.optimizer,
-                     cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator")
+                     cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator", store)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -95,17 +95,26 @@ class TaskError(ConfigError):
     """A task that cannot be trained at all (batch norm on one value per channel, say)."""
 
 
+class CostStore(Protocol):
+    """Where estimates computed elsewhere are found (another process of the suite: docs/ray.md)."""
+
+    def get(self, key: str) -> TaskCost | None: ...
+
+    def put(self, key: str, cost: TaskCost) -> None: ...
+
+
 class Estimator:
     """Estimated task costs (training peak, FLOPs, bytes), computed once per distinct task (fake
-    tensors, no compute)."""
+    tensors, no compute); with a ``store``, once per suite across processes."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
                  optimizer: OptimizerConfig, steps: int, device: torch.device, epochs: int = 1,
-                 allocator: bool = False) -> None:
+                 allocator: bool = False, store: CostStore | None = None) -> None:
         self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
         self.optimizer, self.steps, self.device, self.epochs = optimizer, steps, device, epochs
         self.allocator = allocator  # also measure each task's allocator overhead on the GPU
-        self._cache: dict[Any, TaskCost] = {}
+        self.store = store
+        self.costs: dict[str, TaskCost] = {}  # by ``repr((key, batch sizes))``: the same in every process
         self._overhead: dict[Any, int] = {}  # per task, at the full batch
 
     def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
@@ -133,7 +142,11 @@ class Estimator:
 
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
         sizes = self.canonical(self.batch_sizes(samples))
-        if (key, sizes) not in self._cache:
+        name = repr((key, sizes))
+        if name in self.costs:
+            return self.costs[name]
+        cost = self.store.get(name) if self.store is not None else None
+        if cost is None:
             try:
                 cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
                                      device=self.device)
@@ -145,8 +158,10 @@ class Estimator:
                     self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
                                                              self.batch_size, self.optimizer, self.steps, self.device)
                 cost = dataclasses.replace(cost, overhead=self._overhead[key])
-            self._cache[key, sizes] = cost
-        return self._cache[key, sizes]
+            if self.store is not None:
+                self.store.put(name, cost)
+        self.costs[name] = cost
+        return cost
 
 
 @dataclass

@@ -30,6 +30,7 @@ from harness.engine import (
     suite_estimator,
     train_client,
 )
+from harness.memory.estimate import TaskCost
 from harness.methods import ClientResult, Method
 
 FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods must load on every worker
@@ -63,13 +64,43 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
-def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device) -> None:
+class CostBoard:
+    """A Ray actor holding the suite's estimates, so that each is computed once, not once per run
+    (they depend on the task, never on the seed: the runs share them as the local executor's do)."""
+
+    def __init__(self, costs: dict[str, TaskCost]) -> None:
+        self.costs = costs
+
+    def get(self, key: str) -> TaskCost | None:
+        return self.costs.get(key)
+
+    def put(self, key: str, cost: TaskCost) -> None:
+        self.costs[key] = cost
+
+
+class BoardStore:
+    """``CostStore`` on a ``CostBoard``: asked only for what this run has not estimated itself."""
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def get(self, key: str) -> TaskCost | None:
+        import ray
+
+        return ray.get(self.board.get.remote(key))
+
+    def put(self, key: str, cost: TaskCost) -> None:
+        self.board.put.remote(key, cost)
+
+
+def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device, board: Any) -> None:
     """One run, in a Ray worker, on the device the driver resolved (a GPU Ray assigned it). The
     driver checked the run before submitting it, so records found here are its own, left by a
     worker that died: it resumes from their last complete round."""
     use_threads(cfg.ray.num_cpus)
     deterministic_kernels()
-    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, suite_estimator(cfg, data, device)).execute(True)
+    estimator = suite_estimator(cfg, data, device, BoardStore(board))
+    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator).execute(True)
 
 
 def _print(line: str) -> None:
@@ -86,7 +117,10 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
     task = ray.remote(execute_run).options(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                            max_retries=cfg.ray.run_retries, retry_exceptions=False)
     data = ray.put(shared.data)
-    pending = {task.remote(cfg, job, data, shared.device): job for job in jobs}
+    board = ray.remote(CostBoard).options(num_cpus=0).remote(shared.estimator.costs)
+    # seed by seed: the runs going at once are other methods', and a method's later seeds find
+    # its estimates on the board
+    pending = {task.remote(cfg, job, data, shared.device, board): job for job in sorted(jobs, key=lambda j: j.seed)}
     errors: list[BaseException] = []
     start = time.perf_counter()
     try:

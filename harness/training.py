@@ -52,18 +52,31 @@ class Task:
     # blocks (not so for a loss that runs the model with other weights, as FjORD's ordered dropout)
     splittable: bool = True
     checkpointable: bool = True
+    # The estimate runs only the micro-batches whose memory can differ: the first (it creates the
+    # gradients), the second (it adds to them; every later full one repeats it exactly) and the last
+    # (short, or joined with a single left-over sample). Real training runs them all.
+    distinct_chunks_only: bool = False
+
+    def chunk_bounds(self, n: int) -> list[tuple[int, int]]:
+        """Where a batch of ``n`` is cut into micro-batches, as (start, end) pairs."""
+        if not self.micro_batch or self.micro_batch >= n:
+            return [(0, n)]
+        bounds = [(start, min(start + self.micro_batch, n)) for start in range(0, n, self.micro_batch)]
+        if bounds[-1][1] - bounds[-1][0] == 1 and self.micro_batch > 1:  # batch norm cannot train on one sample
+            bounds[-2:] = [(bounds[-2][0], n)]
+        if self.distinct_chunks_only and len(bounds) > 3:
+            bounds = [bounds[0], bounds[1], bounds[-1]]
+        return bounds
 
     def chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """The batch as the step back-propagates it: micro-batches (views) with the share of the
         batch each stands for, so that their scaled losses sum to the batch's mean loss."""
-        if not self.micro_batch or self.micro_batch >= len(y):
+        bounds = self.chunk_bounds(len(y))
+        if len(bounds) == 1:
             yield x, y, 1.0
             return
-        xs, ys = list(x.split(self.micro_batch)), list(y.split(self.micro_batch))
-        if len(ys[-1]) == 1 and self.micro_batch > 1:  # batch norm cannot train on one sample: join it
-            xs[-2:], ys[-2:] = [x[-self.micro_batch - 1:]], [y[-self.micro_batch - 1:]]
-        for xc, yc in zip(xs, ys):
-            yield xc, yc, len(yc) / len(y)
+        for start, end in bounds:
+            yield x[start:end], y[start:end], (end - start) / len(y)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """FedAvg variants for the Ray tests: one that kills its own process once, where a test says (a
-worker dying mid-task), and one whose clients hold 256 MB for a moment (a large peak).
+worker dying mid-task), one whose clients hold 256 MB for a moment (a large peak), and one that
+notes each estimate it is asked for.
 
 Loaded on Ray workers through ``FL_HARNESS_PLUGINS=ray_faults`` (tests/test_ray.py)."""
 
@@ -13,8 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
-from baselines.fedavg import FedAvg
+from baselines.fedavg import FedAvg, FedAvgParams
 from harness.fleet import Device
 from harness.methods import ClientResult, TaskSpec, register_method
 from harness.training import Task
@@ -66,4 +68,23 @@ class Hog(FedAvg):
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = super().client_task(rnd, device, spec)
         task.loss = hog_loss
+        return task
+
+
+@dataclass
+class CountedParams(FedAvgParams):
+    log: str = ""  # a line is appended here each time a task is built for an estimate
+
+
+@register_method("counted")
+class Counted(FedAvg):
+    """FedAvg that notes in ``log`` each task built under fake tensors: each estimate computed."""
+
+    Params = CountedParams
+
+    def build_task(self, spec: TaskSpec) -> Task:
+        task = super().build_task(spec)
+        if is_fake(next(task.model.parameters())):
+            with open(self.params.log, "a") as log:
+                log.write(f"{spec.label}\n")
         return task

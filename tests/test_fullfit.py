@@ -78,6 +78,23 @@ def test_estimate_equals_measured_for_each_policy(name, shape, batch_size, spec)
     assert measure_task(build, x, y, OPT, 2) == estimate
 
 
+def test_the_estimate_runs_only_the_micro_batches_whose_memory_differs():
+    """A batch of 32 in micro-batches of 3 is eleven (the last of 2); the estimate runs the first,
+    the second and the last, and still gives the measured peak of all eleven and the FLOPs per
+    sample of the whole batch."""
+    model = lambda: build_model(ModelSpec("cnn", 10, 1, 8), 1.0)  # noqa: E731
+    task = Task(model(), micro_batch=3)
+    assert len(task.chunk_bounds(32)) == 11 and task.chunk_bounds(32)[-1] == (30, 32)
+    assert task.chunk_bounds(31)[-1] == (27, 31)  # a single left-over sample joins the one before
+    task.distinct_chunks_only = True
+    assert task.chunk_bounds(32) == [(0, 3), (3, 6), (30, 32)]
+    estimate = estimate_task(lambda: Task(model(), micro_batch=3), (1, 8, 8), 10, 32, OPT)
+    x, y = batch(32, (1, 8, 8))
+    assert measure_task(lambda: Task(model(), micro_batch=3), x, y, OPT, 2) == estimate.memory
+    whole = estimate_task(lambda: Task(model()), (1, 8, 8), 10, 32, OPT)
+    assert estimate.flops_per_sample == whole.flops_per_sample
+
+
 def test_a_second_backward_recomputes_again_and_counts_batch_norm_once():
     torch.manual_seed(0)
     model = build_model(ModelSpec("cnn", 10, 1, 8), 1.0)

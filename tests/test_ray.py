@@ -98,6 +98,21 @@ def test_ray_gives_the_local_records(tmp_path, one_thread, how):
         same_records(local / run, spread / run)
 
 
+def test_runs_on_ray_share_their_estimates(tmp_path):
+    """A task's estimate does not depend on the seed: on Ray, the runs of a suite compute each one
+    once between them (a board the driver starts), as the local executor's runs do."""
+    def estimates(executor: str) -> list[str]:
+        log = tmp_path / f"{executor}.log"
+        log.touch()
+        cfg = tiny_suite(methods=[{"method": "counted", "log": str(log)}], seeds=[0, 1, 2], rounds=2,
+                         executor=executor, ray={"num_cpus": 2})  # one run at a time: a deterministic count
+        run_suite(cfg, tmp_path / executor, log=quiet)
+        return log.read_text().splitlines()
+
+    local = estimates("local")
+    assert local and estimates("ray") == local
+
+
 def test_executor_ray_from_the_command_line(tmp_path, capsys):
     suite = tmp_path / "s.toml"
     suite.write_text('name = "cli"\nrounds = 2\nclients_per_round = 2\ndevice = "cpu"\nseeds = [0, 1]\n'

@@ -34,6 +34,10 @@ class FlopCounter(TorchDispatchMode):
         super().__init__()
         self.total = 0
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # never compiled: spare every op torch's wrapper that keeps Dynamo out
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -68,8 +72,10 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
     built = []
 
     def build() -> Task:
-        built.append(build_task())
-        return built[0]
+        task = build_task()
+        task.distinct_chunks_only = True  # exact, and a step of many micro-batches costs three
+        built.append(task)
+        return task
 
     sizes = [batch_size] * steps if isinstance(batch_size, int) else list(batch_size)
     with FakeTensorMode(), device, FlopCounter() as counter:
@@ -79,7 +85,8 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
         memory = measure_steps(build, batches, optimizer)
         task = built[0]
         down, up = tensor_bytes(task.model.state_dict()), tensor_bytes(task.upload(task.model))
-    return TaskCost(memory, counter.total / max(1, sum(sizes)), down, up)
+    trained = sum(end - start for size in sizes for start, end in task.chunk_bounds(size))
+    return TaskCost(memory, counter.total / max(1, trained), down, up)
 
 
 def estimate_peak(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
