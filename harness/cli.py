@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--classes", type=positive(int), default=10)
     mem.add_argument("--width", type=positive(float), default=1.0, help="model width in (0, 1]")
     mem.add_argument("--momentum", type=float, default=0.9)
-    mem.add_argument("--steps", type=positive(int), default=2, help="steps simulated (2: optimizer state exists)")
+    mem.add_argument("--steps", type=positive(int), default=1, help="steps simulated (one gives the peak)")
     mem.add_argument("--method", default="fedavg",
                      help="also tabulate these methods' tasks (stages, widths, micro-batches), e.g. microbatch,neulite")
     mem.add_argument("--measure", action="store_true",

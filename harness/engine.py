@@ -485,7 +485,7 @@ def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device,
     the seeds and the methods that train the same task share each estimate (runs in other
     processes through ``store``)."""
     return Estimator(tuple(data.train_x.shape[1:]), data.num_classes, cfg.batch_size, cfg.optimizer,
-                     cfg.measure.steps, device, cfg.local_epochs, cfg.measure.gate == "allocator", store)
+                     cfg.measure.steps, device, cfg.measure.gate == "allocator", store)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.config import ConfigError, OptimizerConfig, from_dict
+from harness.data import epoch_sizes
 from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
 from harness.models import BlockModel, ModelSpec, build_model
@@ -108,40 +109,26 @@ class Estimator:
     tensors, no compute); with a ``store``, once per suite across processes."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
-                 optimizer: OptimizerConfig, steps: int, device: torch.device, epochs: int = 1,
-                 allocator: bool = False, store: CostStore | None = None) -> None:
+                 optimizer: OptimizerConfig, steps: int, device: torch.device, allocator: bool = False,
+                 store: CostStore | None = None) -> None:
         self.input_shape, self.num_classes, self.batch_size = input_shape, num_classes, batch_size
-        self.optimizer, self.steps, self.device, self.epochs = optimizer, steps, device, epochs
+        self.optimizer, self.steps, self.device = optimizer, steps, device
         self.allocator = allocator  # also measure each task's allocator overhead on the GPU
         self.store = store
         self.costs: dict[str, TaskCost] = {}  # by ``repr((key, batch sizes))``: the same in every process
         self._overhead: dict[Any, int] = {}  # per task, at the full batch
 
     def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
-        """The batches a client of ``samples`` samples is measured over, as ``train_local`` runs
-        them: every step until ``steps`` full-size batches have run or training ends, an epoch's
-        short last batch included (a client smaller than a batch trains only short ones)."""
+        """The batch sizes a client of ``samples`` samples trains (its full batch, a short last one),
+        one step each: every step starts from the same state (the model, the optimizer's state
+        made with it), so these steps have the peak of all of them. Clients of every size with
+        the same short batch share one estimate."""
         if samples is None:
-            return (self.batch_size,) * self.steps
-        full, rest = divmod(samples, self.batch_size)
-        epoch = [self.batch_size] * full + ([rest] if rest > (1 if samples > 1 else 0) else [])  # as Batches
-        sizes: list[int] = []
-        for size in epoch * self.epochs:
-            if sizes.count(self.batch_size) == self.steps:
-                break
-            sizes.append(size)
-        return tuple(sizes)
-
-    @staticmethod
-    def canonical(sizes: tuple[int, ...]) -> tuple[int, ...]:
-        """The shortest batch sequence with the same peak: every step after the first starts from
-        the same state (the optimizer's, the previous loss) and a step's peak grows with its
-        batch, so the largest later step stands for all of them. Exact, and clients of different
-        sizes share an estimate (a full batch then its short one, twice: as two full batches)."""
-        return sizes if len(sizes) <= 2 else (sizes[0], max(sizes[1:]))
+            return (self.batch_size,)
+        return tuple(sorted(set(epoch_sizes(samples, self.batch_size)), reverse=True))
 
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
-        sizes = self.canonical(self.batch_sizes(samples))
+        sizes = self.batch_sizes(samples)
         name = repr((key, sizes))
         if name in self.costs:
             return self.costs[name]

@@ -90,7 +90,9 @@ class BoardStore:
         return ray.get(self.board.get.remote(key))
 
     def put(self, key: str, cost: TaskCost) -> None:
-        self.board.put.remote(key, cost)
+        import ray
+
+        ray.get(self.board.put.remote(key, cost))  # on the board before this run can end
 
 
 def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device, board: Any) -> None:

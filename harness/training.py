@@ -98,12 +98,28 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD over the trainable parameters only: frozen ones get no state. The multi-tensor
     (``foreach``) path, whose temporaries differ, is chosen from the device explicitly, because
-    torch's own default turns it off for the fake tensors of the estimate."""
+    torch's own default turns it off for the fake tensors of the estimate.
+
+    The momentum buffers are made here, as zeros, not in the first step: that step then computes
+    exactly what SGD's own first step would (0 x momentum + gradient), and every step, the first
+    included, starts from the same state, so one measured step gives the peak of training."""
     trainable = trainable_parameters(model)
     if not trainable:
         raise ValueError("the task's model has no trainable parameter")
-    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           foreach=trainable[0].device.type == "cuda")
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                foreach=trainable[0].device.type == "cuda")
+    if cfg.momentum:
+        for p in trainable:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
+
+
+def start_training(tracker: TensorTracker, task: Task, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The task's model in training mode and its optimizer, whose state counts from now on."""
+    task.model.train()
+    optimizer = make_optimizer(task.model, cfg)
+    tracker.name_roles(task.model, optimizer)
+    return optimizer
 
 
 def build_tracked(tracker: TensorTracker, build: Callable[[], Task], device: torch.device | None = None) -> Task:
@@ -175,12 +191,9 @@ def measure_steps(build: Callable[[], Task], batches: Iterable[tuple[torch.Tenso
     task = build_tracked(tracker, build, None if probes is None else probes.device)
     if probes is not None:
         probes.rebase()
-    task.model.train()
-    optimizer = make_optimizer(task.model, cfg)
-    loss = None
-    for x, y in batches:  # the previous step's loss stays alive during the next, as in training
-        loss = measured_step(tracker, task, optimizer, x, y)
-    del loss
+    optimizer = start_training(tracker, task, cfg)
+    for x, y in batches:  # each loss dropped at once, as in training
+        measured_step(tracker, task, optimizer, x, y)
     return tracker.report()
 
 
@@ -212,29 +225,29 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: OptimizerConfig,
                 measure_steps: int, measure_rss: bool = True, context: str = "") -> LocalResult:
     """Build the client's task and train it. Memory is measured from the moment the task is built
-    (what it holds) until ``measure_steps`` full-size batches have run (short last batches are
-    measured but not counted: the peak needs a full batch once the optimizer state exists); the rest
-    run untouched, so measurement barely changes training speed."""
+    (what it holds) and in the first ``measure_steps`` steps at each of the client's batch sizes
+    (its full batch, a short last one): every step starts from the same state, so these have the
+    peak of all. The other steps run untouched, so measurement barely changes training speed."""
     probes = sources.start_probes(batches.device, measure_rss)
     try:
         tracker = TensorTracker()
         task = build_tracked(tracker, build, batches.device)
         probes.rebase()
-        model = task.model.train()
+        model = task.model
         bytes_down = tensor_bytes(model.state_dict())
-        optimizer = make_optimizer(model, cfg)
+        optimizer = start_training(tracker, task, cfg)
+        to_measure = dict.fromkeys(batches.sizes, measure_steps)  # steps left to measure, per batch size
         start = time.perf_counter()
-        total, steps, full_measured, loss = 0.0, 0, 0, None
+        total, steps = 0.0, 0
         for _ in range(epochs):
             for x, y in batches:
-                if full_measured < measure_steps:
-                    loss = measured_step(tracker, task, optimizer, x, y)
-                    full_measured += len(y) == batches.batch_size
-                    if full_measured == measure_steps:
+                if to_measure.get(len(y)):
+                    value = float(measured_step(tracker, task, optimizer, x, y))
+                    to_measure[len(y)] -= 1
+                    if not any(to_measure.values()):
                         probes.stop()
                 else:
-                    loss = training_step(task, optimizer, x, y)
-                value = float(loss)
+                    value = float(training_step(task, optimizer, x, y))  # the loss is not held into the next step
                 if not math.isfinite(value):
                     raise NonFiniteLossError(f"{context}: the training loss became {value} at step {steps + 1}; "
                                              "lower optimizer.lr or check the data")

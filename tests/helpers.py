@@ -20,7 +20,7 @@ UNLIMITED = Device(0, 2**40)
 def context(model: str = "cnn", shape: tuple[int, ...] = SHAPE, width: float = 1.0, batch: int = 8,
             fleet: list[Device] | None = None, labels: dict[int, list[int]] | None = None,
             rounds: int = 1) -> MethodContext:
-    estimator = Estimator(shape, 10, batch, OptimizerConfig(), 2, torch.device("cpu"))
+    estimator = Estimator(shape, 10, batch, OptimizerConfig(), 1, torch.device("cpu"))
     spec = ModelSpec(model, 10, shape[0], shape[-1])
     labels = {0: [5] * 9 + [0]} if labels is None else labels  # device 0 holds no sample of class 9
     return MethodContext(spec, width, shape, 10, fleet or [UNLIMITED], 0, torch.device("cpu"), estimator, labels,

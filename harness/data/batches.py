@@ -29,8 +29,12 @@ class Batches:
         self.drop_single = train and len(self.y) > 1
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.y), self.batch_size)
-        return full + (rest > (1 if self.drop_single else 0))
+        return len(epoch_sizes(len(self.y), self.batch_size, self.drop_single))
+
+    @property
+    def sizes(self) -> set[int]:
+        """The batch sizes an epoch trains: the full one, and a short last one."""
+        return set(epoch_sizes(len(self.y), self.batch_size, self.drop_single))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
@@ -41,6 +45,13 @@ class Batches:
                 x = random_crop_flip(x, self.generator)
             x = (x - self.mean) / self.std
             yield x.to(self.device, non_blocking=True), self.y[chunk].to(self.device, non_blocking=True)
+
+
+def epoch_sizes(samples: int, batch_size: int, drop_single: bool = True) -> list[int]:
+    """The batch sizes of an epoch over ``samples`` samples, as ``Batches`` cuts them: a last batch of
+    one sample is left out (``drop_single``, in training, unless it is the client's only sample)."""
+    full, rest = divmod(samples, batch_size)
+    return [batch_size] * full + ([rest] if rest > (1 if drop_single and samples > 1 else 0) else [])
 
 
 def random_crop_flip(x: torch.Tensor, g: torch.Generator | None, padding: int = 4) -> torch.Tensor:

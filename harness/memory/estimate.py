@@ -62,7 +62,7 @@ class TaskCost:
 
 
 def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
-                  batch_size: int | Sequence[int], optimizer: OptimizerConfig, steps: int = 2,
+                  batch_size: int | Sequence[int], optimizer: OptimizerConfig, steps: int = 1,
                   device: torch.device | str = "cpu") -> TaskCost:
     """Memory peak, FLOPs and bytes of ``steps`` training steps of ``build_task()`` at ``batch_size``,
     or of one step per batch size of a sequence (a client's short batches)."""
@@ -90,7 +90,7 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
 
 
 def estimate_peak(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
-                  batch_size: int, optimizer: OptimizerConfig, steps: int = 2,
+                  batch_size: int, optimizer: OptimizerConfig, steps: int = 1,
                   device: torch.device | str = "cpu") -> MemoryReport:
     """Peak of ``steps`` training steps of ``build_task()`` at ``batch_size``, by category."""
     return estimate_task(build_task, input_shape, num_classes, batch_size, optimizer, steps, device).memory
