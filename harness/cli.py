@@ -86,7 +86,7 @@ def model_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
         cls = METHODS[name]
         tasks += tasks_of(cls, cls.parse_params({}), ctx, f"{name}: " if len(names) > 1 else "")
     title = (f"{args.model} width {args.width:g}, input {args.input}, batch {args.batch}, {args.classes} classes, "
-             f"SGD momentum {args.momentum:g}, {args.steps} steps")
+             f"SGD momentum {args.momentum:g}, steps {args.steps}")
     return MemoryTable(title, shape, args.classes, args.batch, optimizer, args.steps, device, tasks)
 
 
@@ -109,7 +109,7 @@ def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
                               f"{entry.label}: ")
     title = (f"suite {cfg.name}: {cfg.model.name} width {cfg.model.width:g}, data {data.name} "
              f"{'x'.join(map(str, shape))}, batch {cfg.batch_size}, {data.num_classes} classes, "
-             f"SGD momentum {cfg.optimizer.momentum:g}, {cfg.measure.steps} steps")
+             f"SGD momentum {cfg.optimizer.momentum:g}, steps {cfg.measure.steps}")
     return MemoryTable(title, shape, data.num_classes, cfg.batch_size, cfg.optimizer, cfg.measure.steps, device,
                        tasks)
 
@@ -226,6 +226,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     for path, seconds, accuracy in rows:
         print(f"| {path} | {seconds:.2f} | {100 * accuracy:.1f}% |")
     print(f"harness / bare: {timing.ratio:.2f}x")
+    print("\n# where the harness's time goes (its best run; each part without the parts it calls)")
+    print("| part | seconds | calls | share |\n|---|---|---|---|")
+    for part, seconds, calls in timing.parts:
+        print(f"| {part} | {seconds:.2f} | {calls} | {100 * seconds / timing.harness_s:.0f}% |")
     return 0
 
 
@@ -283,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--classes", type=positive(int), default=10)
     mem.add_argument("--width", type=positive(float), default=1.0, help="model width in (0, 1]")
     mem.add_argument("--momentum", type=float, default=0.9)
-    mem.add_argument("--steps", type=positive(int), default=1, help="steps simulated (one gives the peak)")
+    mem.add_argument("--steps", type=positive(int), default=1, help="steps --measure trains (one has the peak)")
     mem.add_argument("--method", default="fedavg",
                      help="also tabulate these methods' tasks (stages, widths, micro-batches), e.g. microbatch,neulite")
     mem.add_argument("--measure", action="store_true",

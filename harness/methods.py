@@ -97,11 +97,12 @@ class TaskError(ConfigError):
 
 
 class CostStore(Protocol):
-    """Where estimates computed elsewhere are found (another process of the suite: docs/ray.md)."""
+    """Where estimates computed elsewhere are found (another process of the suite: docs/ray.md).
+    ``get`` gives None when the caller is to compute the estimate and ``put`` it."""
 
-    def get(self, key: str) -> TaskCost | None: ...
+    def get(self, key: str) -> TaskCost | TaskError | None: ...
 
-    def put(self, key: str, cost: TaskCost) -> None: ...
+    def put(self, key: str, cost: TaskCost | TaskError) -> None: ...
 
 
 class Estimator:
@@ -115,7 +116,7 @@ class Estimator:
         self.optimizer, self.steps, self.device = optimizer, steps, device
         self.allocator = allocator  # also measure each task's allocator overhead on the GPU
         self.store = store
-        self.costs: dict[str, TaskCost] = {}  # by ``repr((key, batch sizes))``: the same in every process
+        self.costs: dict[str, TaskCost | TaskError] = {}  # by ``repr((key, batch sizes))``: alike in every process
         self._overhead: dict[Any, int] = {}  # per task, at the full batch
 
     def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
@@ -130,24 +131,30 @@ class Estimator:
     def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
         sizes = self.batch_sizes(samples)
         name = repr((key, sizes))
-        if name in self.costs:
-            return self.costs[name]
-        cost = self.store.get(name) if self.store is not None else None
-        if cost is None:
-            try:
-                cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
-                                     device=self.device)
-            except ValueError as err:  # torch refuses the step itself (batch norm on one value per channel)
-                raise TaskError(f"{key[-1].label if isinstance(key[-1], TaskSpec) else key} cannot be trained at "
-                                f"batches {list(sizes)}: {str(err).splitlines()[0]}") from None
-            if self.allocator:
-                if key not in self._overhead:
-                    self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
-                                                             self.batch_size, self.optimizer, self.steps, self.device)
-                cost = dataclasses.replace(cost, overhead=self._overhead[key])
-            if self.store is not None:
-                self.store.put(name, cost)
-        self.costs[name] = cost
+        if name not in self.costs:
+            found = self.store.get(name) if self.store is not None else None
+            if found is None:
+                found = self._estimate(key, build_task, sizes)
+                if self.store is not None:
+                    self.store.put(name, found)
+            self.costs[name] = found
+        cost = self.costs[name]
+        if isinstance(cost, TaskError):  # kept too: a task that cannot train is not tried again
+            raise TaskError(*cost.args)
+        return cost
+
+    def _estimate(self, key: Any, build_task: Callable[[], Task], sizes: tuple[int, ...]) -> TaskCost | TaskError:
+        try:
+            cost = estimate_task(build_task, self.input_shape, self.num_classes, sizes, self.optimizer,
+                                 device=self.device)
+        except ValueError as err:  # torch refuses the step itself (batch norm on one value per channel)
+            return TaskError(f"{key[-1].label if isinstance(key[-1], TaskSpec) else key} cannot be trained at "
+                             f"batches {list(sizes)}: {str(err).splitlines()[0]}")
+        if self.allocator:
+            if key not in self._overhead:
+                self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
+                                                         self.batch_size, self.optimizer, self.steps, self.device)
+            cost = dataclasses.replace(cost, overhead=self._overhead[key])
         return cost
 
 

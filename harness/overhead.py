@@ -7,23 +7,80 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from unittest import mock
 
 import torch
 
+from harness import engine, methods, training
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
-from harness.engine import client_batches, derived_seed, evaluates, resolve_device, run_name, run_suite, sample
+from harness.engine import Run, client_batches, derived_seed, evaluates, resolve_device, run_name, run_suite, sample
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import ModelSpec, build_model
-from harness.records import read_jsonl
+from harness.records import RunWriter, read_jsonl
 from harness.training import Task, evaluate, make_optimizer, training_step
 
 T = TypeVar("T")
+
+
+# Where a harness run's time goes: (part, owner, function, leaf). Each part's time excludes the
+# parts it calls, and nothing inside a leaf is split off (an estimate's fake steps are the estimate's).
+PARTS: tuple[tuple[str, Any, str, bool], ...] = (
+    ("rounds: planning, aggregation, round records", Run, "round", False),
+    ("estimates (the memory gate)", methods, "estimate_task", True),
+    ("clients: probes, optimizer, state copies", engine, "train_local", False),
+    ("clients: building each task under the tracker", training, "build_tracked", True),
+    ("clients: measured steps", training, "measured_step", True),
+    ("clients: untracked steps", training, "training_step", True),
+    ("evaluation", engine, "evaluate", True),
+    ("records", RunWriter, "append_round", True),
+    ("checkpoints", RunWriter, "save_checkpoint", True),
+)
+OUTSIDE = "outside rounds: data, fleet, methods, manifests"
+
+
+class PartTimer:
+    """Seconds and calls of the ``PARTS`` during a run, each exclusive of the parts it calls."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self._stack: list[list[Any]] = []  # [leaf, seconds of the parts it called]
+
+    def wrap(self, label: str, func: Callable[..., T], leaf: bool) -> Callable[..., T]:
+        def timed(*args: Any, **kwargs: Any) -> T:
+            if self._stack and self._stack[-1][0]:
+                return func(*args, **kwargs)
+            self._stack.append([leaf, 0.0])
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                self.seconds[label] += spent - self._stack.pop()[1]
+                self.calls[label] += 1
+                if self._stack:
+                    self._stack[-1][1] += spent
+        return timed
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        with ExitStack() as patches:
+            for label, owner, name, leaf in PARTS:
+                patches.enter_context(mock.patch.object(owner, name, self.wrap(label, getattr(owner, name), leaf)))
+            yield
+
+    def table(self, total: float) -> list[tuple[str, float, int]]:
+        """(part, seconds, calls), the time outside every part included, in ``PARTS`` order."""
+        rows = [(label, self.seconds[label], self.calls[label]) for label, *_ in PARTS]
+        return [(OUTSIDE, total - sum(self.seconds.values()), 1), *rows]
 
 
 @dataclass(frozen=True)
@@ -32,6 +89,7 @@ class Timing:
     bare_s: float
     harness_accuracy: float  # the same workload gives the same model: a check that it is the same
     bare_accuracy: float
+    parts: list[tuple[str, float, int]] = field(default_factory=list)  # the best harness run's, by part
 
     @property
     def ratio(self) -> float:
@@ -80,10 +138,14 @@ def timed_suite(cfg: SuiteConfig, read: Callable[[Path], T]) -> tuple[float, T]:
         return seconds, read(folder)
 
 
-def harness_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
+def harness_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float, list[tuple[str, float, int]]]:
     """Seconds and final accuracy of the same FedAvg run through ``run_suite``, measurement and
-    records on."""
-    return timed_suite(cfg, lambda out: read_jsonl(out / run_name("fedavg", seed) / "rounds.jsonl")[-1]["accuracy"])
+    records on, and its time by part."""
+    timer = PartTimer()
+    with timer.timing():
+        seconds, accuracy = timed_suite(
+            cfg, lambda out: read_jsonl(out / run_name("fedavg", seed) / "rounds.jsonl")[-1]["accuracy"])
+    return seconds, accuracy, timer.table(seconds)
 
 
 def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
@@ -96,5 +158,5 @@ def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
     for _ in range(repeats):
         harness_runs.append(harness_fedavg(cfg, seed))
         bare_runs.append(bare_fedavg(cfg, seed))
-    (harness_s, harness_acc), (bare_s, bare_acc) = min(harness_runs), min(bare_runs)
-    return Timing(harness_s, bare_s, harness_acc, bare_acc)
+    (harness_s, harness_acc, parts), (bare_s, bare_acc) = min(harness_runs), min(bare_runs)
+    return Timing(harness_s, bare_s, harness_acc, bare_acc, parts)

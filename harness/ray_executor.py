@@ -31,7 +31,7 @@ from harness.engine import (
     train_client,
 )
 from harness.memory.estimate import TaskCost
-from harness.methods import ClientResult, Method
+from harness.methods import ClientResult, Method, TaskError
 
 FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods must load on every worker
 
@@ -64,17 +64,29 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
+BOARD_WAIT_S = 300.0  # how long a run waits for an estimate another run is computing, then computes it
+
+
 class CostBoard:
     """A Ray actor holding the suite's estimates, so that each is computed once, not once per run
-    (they depend on the task, never on the seed: the runs share them as the local executor's do)."""
+    (they depend on the task, never on the seed: the runs share them as the local executor's do).
+    The first run to ask for a missing one computes it; the others wait for it."""
 
-    def __init__(self, costs: dict[str, TaskCost]) -> None:
+    def __init__(self, costs: dict[str, TaskCost | TaskError]) -> None:
         self.costs = costs
+        self.claimed: set[str] = set()
 
-    def get(self, key: str) -> TaskCost | None:
-        return self.costs.get(key)
+    def claim(self, key: str) -> TaskCost | TaskError | bool:
+        """The estimate if known; else True to the first asker (it computes and posts it) and False
+        to the others meanwhile (they ask again)."""
+        if key in self.costs:
+            return self.costs[key]
+        if key in self.claimed:
+            return False
+        self.claimed.add(key)
+        return True
 
-    def put(self, key: str, cost: TaskCost) -> None:
+    def put(self, key: str, cost: TaskCost | TaskError) -> None:
         self.costs[key] = cost
 
 
@@ -84,12 +96,17 @@ class BoardStore:
     def __init__(self, board: Any) -> None:
         self.board = board
 
-    def get(self, key: str) -> TaskCost | None:
+    def get(self, key: str) -> TaskCost | TaskError | None:
         import ray
 
-        return ray.get(self.board.get.remote(key))
+        deadline = time.monotonic() + BOARD_WAIT_S
+        while (answer := ray.get(self.board.claim.remote(key))) is False:
+            if time.monotonic() > deadline:  # its run died before posting it
+                return None
+            time.sleep(0.05)
+        return None if answer is True else answer
 
-    def put(self, key: str, cost: TaskCost) -> None:
+    def put(self, key: str, cost: TaskCost | TaskError) -> None:
         import ray
 
         ray.get(self.board.put.remote(key, cost))  # on the board before this run can end

@@ -170,13 +170,21 @@ def test_overhead_runs_the_same_workload_both_ways(capsys):
     """The bare loop is the harness's FedAvg without the harness: the same final model."""
     from harness.overhead import compare
 
-    timing = compare(tiny_suite(rounds=2), repeats=1)
+    cfg = tiny_suite(rounds=2)
+    timing = compare(cfg, repeats=1)
     assert timing.harness_accuracy == timing.bare_accuracy and timing.harness_s > 0 and timing.bare_s > 0
+    parts = {part: (seconds, calls) for part, seconds, calls in timing.parts}  # every part, each counted once
+    assert sum(seconds for seconds, _ in parts.values()) == pytest.approx(timing.harness_s)
+    clients = cfg.rounds * cfg.clients_per_round
+    assert parts["clients: building each task under the tracker"][1] == clients
+    assert parts["clients: measured steps"][1] == 2 * clients  # 53-54 samples at batch 16: a full step, a short one
+    assert parts["rounds: planning, aggregation, round records"][1] == cfg.rounds
+    assert all(seconds >= 0 for seconds, _ in parts.values())
     assert main(["overhead", "suites/quick.toml", "--set", "rounds=1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| harness", "| bare"))]
     assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # same accuracy
-    assert "harness / bare:" in out
+    assert "harness / bare:" in out and "| clients: measured steps |" in out
 
 
 def test_memory_tables_align_each_task_across_batches(tmp_path):

@@ -104,13 +104,24 @@ def test_runs_on_ray_share_their_estimates(tmp_path):
     def estimates(executor: str) -> list[str]:
         log = tmp_path / f"{executor}.log"
         log.touch()
+        cpus = int(ray.cluster_resources()["CPU"])  # one run at a time: two seeds started at once would
         cfg = tiny_suite(methods=[{"method": "counted", "log": str(log)}], seeds=[0, 1, 2], rounds=2,
-                         executor=executor, ray={"num_cpus": 2})  # one run at a time: a deterministic count
+                         executor=executor, ray={"num_cpus": cpus})  # both compute what neither has posted yet
         run_suite(cfg, tmp_path / executor, log=quiet)
         return log.read_text().splitlines()
 
     local = estimates("local")
     assert local and estimates("ray") == local
+
+
+def test_the_cost_board_lets_one_run_compute_each_estimate():
+    from harness.ray_executor import CostBoard
+
+    board = CostBoard({"known": "cost"})
+    assert board.claim("known") == "cost"
+    assert board.claim("new") is True and board.claim("new") is False  # the first computes, the others wait
+    board.put("new", "computed")
+    assert board.claim("new") == "computed"
 
 
 def test_executor_ray_from_the_command_line(tmp_path, capsys):
