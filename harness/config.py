@@ -71,7 +71,7 @@ class OptimizerConfig:
 
 @dataclass
 class MeasureConfig:
-    steps: int = 1  # steps at a client's largest batch measured (one suffices: every step starts alike)
+    steps: int = 1  # steps measured at each batch size that can hold a client's peak (one suffices: all start alike)
     rss: bool = True
     # What the memory gate holds against a budget: the estimated peak, or on a GPU the estimate plus
     # the caching allocator's overhead measured once per task kind (docs/memory.md)

@@ -26,7 +26,7 @@ from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
 from harness.registry import Registry
-from harness.training import LocalResult, Task, allocator_overhead
+from harness.training import LocalResult, Task, allocator_overhead, peak_batches
 
 
 def checkpointable_blocks(task: Task) -> int:
@@ -119,17 +119,17 @@ class Estimator:
         self.costs: dict[str, TaskCost | TaskError] = {}  # by ``repr((key, batch sizes))``: alike in every process
         self._overhead: dict[Any, int] = {}  # per task, at the full batch
 
-    def batch_sizes(self, samples: int | None) -> tuple[int, ...]:
-        """The batch sizes a client of ``samples`` samples trains (its full batch, a short last one),
-        one step each: every step starts from the same state (the model, the optimizer's state
-        made with it), so these steps have the peak of all of them. Clients of every size with
-        the same short batch share one estimate."""
+    def batch_sizes(self, samples: int | None, micro_batch: int = 0) -> tuple[int, ...]:
+        """The batch sizes a client of ``samples`` samples is estimated (and measured) at, one step
+        each: those that can hold its peak (``peak_batches``), so clients of every size share the
+        full batch's estimate unless micro-batches make a short batch peak higher."""
         if samples is None:
             return (self.batch_size,)
-        return tuple(sorted(set(epoch_sizes(samples, self.batch_size)), reverse=True))
+        return peak_batches(epoch_sizes(samples, self.batch_size), micro_batch)
 
-    def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None) -> TaskCost:
-        sizes = self.batch_sizes(samples)
+    def __call__(self, key: Any, build_task: Callable[[], Task], samples: int | None = None,
+                 micro_batch: int = 0) -> TaskCost:
+        sizes = self.batch_sizes(samples, micro_batch)
         name = repr((key, sizes))
         if name not in self.costs:
             found = self.store.get(name) if self.store is not None else None
@@ -216,8 +216,8 @@ class Method(ABC):
     def cost(self, spec: TaskSpec, device: Device | None = None) -> TaskCost:
         """What ``spec`` costs a client (of ``device``: at the batch it can form): its training
         peak, FLOPs per sample and bytes exchanged."""
-        return self.ctx.estimator((type(self), self.params_key(), spec),
-                                  lambda: spec.trained(self.build_task(spec)), self.ctx.samples(device))
+        return self.ctx.estimator((type(self), self.params_key(), spec), lambda: spec.trained(self.build_task(spec)),
+                                  self.ctx.samples(device), spec.micro_batch)
 
     def estimate(self, spec: TaskSpec, device: Device | None = None) -> MemoryReport:
         return self.cost(spec, device).memory

@@ -34,6 +34,31 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def chunk_bounds(n: int, micro_batch: int) -> list[tuple[int, int]]:
+    """Where a batch of ``n`` is cut into micro-batches of ``micro_batch`` (0: none), as (start, end)
+    pairs; a single left-over sample joins the one before (batch norm cannot train on one)."""
+    if not micro_batch or micro_batch >= n:
+        return [(0, n)]
+    bounds = [(start, min(start + micro_batch, n)) for start in range(0, n, micro_batch)]
+    if bounds[-1][1] - bounds[-1][0] == 1 and micro_batch > 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def peak_batches(sizes: Iterable[int], micro_batch: int = 0) -> tuple[int, ...]:
+    """Of the batch sizes a client trains, those whose steps can hold its peak, largest first: every
+    step starts from the same state and peaks higher with a larger batch, unless a smaller batch
+    is cut into a larger micro-batch (in micro-batches of 2, 32 is all 2s but 5 is 2 + 3)."""
+    def largest_chunk(n: int) -> int:
+        return max(end - start for start, end in chunk_bounds(n, micro_batch))
+
+    kept: list[int] = []
+    for size in sorted(set(sizes), reverse=True):
+        if not kept or largest_chunk(size) > max(map(largest_chunk, kept)):
+            kept.append(size)
+    return tuple(kept)
+
+
 @dataclass
 class Task:
     """What one client trains: its resident model, its loss, and what it sends back.
@@ -59,11 +84,7 @@ class Task:
 
     def chunk_bounds(self, n: int) -> list[tuple[int, int]]:
         """Where a batch of ``n`` is cut into micro-batches, as (start, end) pairs."""
-        if not self.micro_batch or self.micro_batch >= n:
-            return [(0, n)]
-        bounds = [(start, min(start + self.micro_batch, n)) for start in range(0, n, self.micro_batch)]
-        if bounds[-1][1] - bounds[-1][0] == 1 and self.micro_batch > 1:  # batch norm cannot train on one sample
-            bounds[-2:] = [(bounds[-2][0], n)]
+        bounds = chunk_bounds(n, self.micro_batch)
         if self.distinct_chunks_only and len(bounds) > 3:
             bounds = [bounds[0], bounds[1], bounds[-1]]
         return bounds
@@ -225,9 +246,9 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: OptimizerConfig,
                 measure_steps: int, measure_rss: bool = True, context: str = "") -> LocalResult:
     """Build the client's task and train it. Memory is measured from the moment the task is built
-    (what it holds) and in the first ``measure_steps`` steps at each of the client's batch sizes
-    (its full batch, a short last one): every step starts from the same state, so these have the
-    peak of all. The other steps run untouched, so measurement barely changes training speed."""
+    (what it holds) and in the first ``measure_steps`` steps at each batch size that can hold the
+    client's peak (``peak_batches``: its full batch; a short last one only if cut into a larger
+    micro-batch). The other steps run untouched, so measurement barely changes training speed."""
     probes = sources.start_probes(batches.device, measure_rss)
     try:
         tracker = TensorTracker()
@@ -236,7 +257,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         model = task.model
         bytes_down = tensor_bytes(model.state_dict())
         optimizer = start_training(tracker, task, cfg)
-        to_measure = dict.fromkeys(batches.sizes, measure_steps)  # steps left to measure, per batch size
+        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), measure_steps)  # steps left
         start = time.perf_counter()
         total, steps = 0.0, 0
         for _ in range(epochs):

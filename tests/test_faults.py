@@ -315,13 +315,16 @@ def test_clients_smaller_than_a_batch_are_estimated_at_their_own_size(tmp_path, 
 
 def test_a_short_last_batch_is_estimated_as_it_is_trained(tmp_path, quiet):
     """Batch 48: a client trains full steps and a short last one (a single left-over sample is
-    left out), so the estimate is one step at each size (not only full ones) and equals the
-    measurement."""
+    left out); the short one can hold the peak only when micro-batches cut it into a larger piece,
+    so a client is estimated at its full batch (at its own size when smaller), and at its short one
+    in that case; the estimate equals the measurement."""
     from helpers import context
 
     estimator = context(batch=48).estimator
     assert [estimator.batch_sizes(n) for n in (None, 20, 48, 49, 67, 100, 200)] == [
-        (48,), (20,), (48,), (48,), (48, 19), (48, 4), (48, 8)]
+        (48,), (20,), (48,), (48,), (48,), (48,), (48,)]
+    assert [estimator.batch_sizes(n, micro_batch=4) for n in (20, 53, 54, 67)] == [
+        (20,), (48, 5), (48,), (48,)]  # 48 in 4s; 5 is 4 + 1, joined: a 5; 6 is 4 + 2; 19 is 4s and a 3
     cfg = tiny_suite(rounds=1, batch_size=48, methods=[{"method": "allsmall"}])
     clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "allsmall-seed0" / "clients.jsonl")
     trained = [c for c in clients if c["status"] == "trained"]

@@ -20,7 +20,7 @@ from harness.memory.estimate import FlopCounter
 from harness.methods import METHODS, TaskError, TaskSpec
 from harness.models import ModelSpec, build_model
 from harness.records import read_jsonl
-from harness.training import Task, make_optimizer, measure_task, train_local, training_step
+from harness.training import Task, make_optimizer, measure_task, peak_batches, train_local, training_step
 
 from helpers import SHAPE, context, method
 
@@ -165,18 +165,28 @@ def test_a_suite_records_each_clients_setting_and_measures_what_it_estimated(tmp
 
 
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
-def test_every_step_starts_alike_so_one_step_per_batch_size_gives_the_peak(name):
+def test_every_step_starts_alike_so_the_peak_batches_give_the_peak(name):
     """The optimizer's state is made with the task and no step keeps anything for the next, so a
-    client's steps all start from the same state: one step at each of its batch sizes has the
-    peak, and the breakdown, of all its steps. A short batch may peak above a full one (micro-batches
-    of 2 cut 5 into 2 + 3, 32 into 2s), so both are measured. For every method and task it may give."""
+    client's steps all start from the same state, and a step peaks higher with a larger batch unless
+    a smaller one is cut into a larger micro-batch (in 2s, 32 is all 2s but 5 is 2 + 3): one step at
+    each of ``peak_batches`` has the peak, breakdown and all, of every sequence. For every method and
+    every task it may give."""
     m = method(name, context(batch=32))
     for spec in m.memory_specs():
         def build(spec=spec):
             return spec.trained(m.build_task(spec))
-        for sizes, distinct in [((32, 32), (32,)), ((32, 5, 32), (32, 5)), ((5, 32, 32, 5), (32, 5))]:
+        for sizes in [(32, 32), (32, 5, 32), (5, 32, 32, 5), (32, 17), (32, 31)]:
+            kept = peak_batches(sizes, spec.micro_batch)
             assert estimate_task(build, SHAPE, 10, sizes, OPT).memory == \
-                estimate_task(build, SHAPE, 10, distinct, OPT).memory, (spec, sizes)
+                estimate_task(build, SHAPE, 10, kept, OPT).memory, (spec, sizes, kept)
+
+
+def test_a_short_batch_is_measured_only_when_its_micro_batches_are_larger():
+    assert peak_batches([32, 5]) == (32,) and peak_batches([20]) == (20,)
+    assert peak_batches([32, 5], micro_batch=2) == (32, 5)  # 2s, against 2 + 3
+    assert peak_batches([32, 6], micro_batch=2) == (32,)  # 2s, against 2 + 2 + 2
+    assert peak_batches([33, 5], micro_batch=2) == (33,)  # 2s and a 3, against 2 + 3
+    assert peak_batches([64, 37, 21], micro_batch=4) == (64, 37)  # 4s, against a 5 in 37 (and in 21)
 
 
 def test_batch_norm_on_one_value_is_never_asked_for():
@@ -193,7 +203,8 @@ def test_batch_norm_on_one_value_is_never_asked_for():
         with pytest.raises(ConfigError, match="mb=1 cannot be trained"):
             m.estimate(TaskSpec("full", micro_batch=1))
     assert sum(isinstance(c, TaskError) for c in m.ctx.estimator.costs.values()) == 1
-    assert ctx.estimator.batch_sizes(17) == (16,) and ctx.estimator.batch_sizes(18) == (16, 2)
+    assert ctx.estimator.batch_sizes(17) == (16,) and ctx.estimator.batch_sizes(18) == (16,)
+    assert ctx.estimator.batch_sizes(21, micro_batch=4) == (16, 5)  # 16 in 4s; 5 is 4 + 1, joined: a 5
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (17, 1, 8, 8), generator=g, dtype=torch.uint8)
     data = DataBundle("random", x, torch.arange(17) % 10, x, torch.arange(17) % 10, 10, (0.5,), (0.25,))
