@@ -122,6 +122,7 @@ class FjORD(WidthMethod):
         allowed = self.allowed(spec.value)
         task.loss = OrderedDropout(self.shapes, spec.value, lambda: rng.choice(allowed), self.params.distill)
         task.splittable = task.checkpointable = False
+        task.steps_alike = False  # each step's width is drawn: all are measured
         return task
 
     def flops_per_sample(self, spec: TaskSpec) -> float:

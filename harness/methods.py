@@ -62,6 +62,8 @@ class TaskSpec:
 
     def trained(self, task: Task) -> Task:
         """``task`` set up to be trained as this spec says (micro-batches, checkpointed blocks)."""
+        if task.micro_batch != 0:  # the estimate chooses a client's measured batches from the spec's
+            raise ConfigError(f"{self.label}: the task sets its own micro_batch; give it as TaskSpec.micro_batch")
         if self.micro_batch:
             if not task.splittable:
                 raise ConfigError(f"{self.label}: this task's loss is not a mean over samples; it cannot be "
@@ -104,6 +106,8 @@ class CostStore(Protocol):
 
     def put(self, key: str, cost: TaskCost | TaskError) -> None: ...
 
+    def release(self, key: str) -> None: ...
+
 
 class Estimator:
     """Estimated task costs (training peak, FLOPs, bytes), computed once per distinct task (fake
@@ -134,7 +138,12 @@ class Estimator:
         if name not in self.costs:
             found = self.store.get(name) if self.store is not None else None
             if found is None:
-                found = self._estimate(key, build_task, sizes)
+                try:
+                    found = self._estimate(key, build_task, sizes)
+                except BaseException:
+                    if self.store is not None:  # the others need not wait for what this run will not post
+                        self.store.release(name)
+                    raise
                 if self.store is not None:
                     self.store.put(name, found)
             self.costs[name] = found
@@ -152,8 +161,9 @@ class Estimator:
                              f"batches {list(sizes)}: {str(err).splitlines()[0]}")
         if self.allocator:
             if key not in self._overhead:
-                self._overhead[key] = allocator_overhead(build_task, self.input_shape, self.num_classes,
-                                                         self.batch_size, self.optimizer, self.steps, self.device)
+                self._overhead[key] = allocator_overhead(  # the caching allocator settles after a first step
+                    build_task, self.input_shape, self.num_classes, self.batch_size, self.optimizer,
+                    max(2, self.steps), self.device)
             cost = dataclasses.replace(cost, overhead=self._overhead[key])
         return cost
 

@@ -7,6 +7,7 @@ exactly as the local executor writes it, and a client's result depends only on i
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -64,7 +65,7 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
-BOARD_WAIT_S = 300.0  # how long a run waits for an estimate another run is computing, then computes it
+CLAIM_LEASE_S = 120.0  # a claim not posted by then (its run's worker died) goes to the next asker
 
 
 class CostBoard:
@@ -74,20 +75,25 @@ class CostBoard:
 
     def __init__(self, costs: dict[str, TaskCost | TaskError]) -> None:
         self.costs = costs
-        self.claimed: set[str] = set()
+        self.claims: dict[str, float] = {}  # key -> when it was claimed
 
     def claim(self, key: str) -> TaskCost | TaskError | bool:
-        """The estimate if known; else True to the first asker (it computes and posts it) and False
-        to the others meanwhile (they ask again)."""
+        """The estimate if known; else True to the asker that is to compute and post it (the first,
+        or any once a claim has gone unposted for ``CLAIM_LEASE_S``), False to the others (they
+        ask again)."""
         if key in self.costs:
             return self.costs[key]
-        if key in self.claimed:
+        now = time.monotonic()
+        if now - self.claims.get(key, -math.inf) < CLAIM_LEASE_S:
             return False
-        self.claimed.add(key)
+        self.claims[key] = now
         return True
 
     def put(self, key: str, cost: TaskCost | TaskError) -> None:
         self.costs[key] = cost
+
+    def release(self, key: str) -> None:
+        self.claims.pop(key, None)
 
 
 class BoardStore:
@@ -99,10 +105,7 @@ class BoardStore:
     def get(self, key: str) -> TaskCost | TaskError | None:
         import ray
 
-        deadline = time.monotonic() + BOARD_WAIT_S
         while (answer := ray.get(self.board.claim.remote(key))) is False:
-            if time.monotonic() > deadline:  # its run died before posting it
-                return None
             time.sleep(0.05)
         return None if answer is True else answer
 
@@ -110,6 +113,11 @@ class BoardStore:
         import ray
 
         ray.get(self.board.put.remote(key, cost))  # on the board before this run can end
+
+    def release(self, key: str) -> None:
+        import ray
+
+        ray.get(self.board.release.remote(key))
 
 
 def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device, board: Any) -> None:

@@ -77,6 +77,9 @@ class Task:
     # blocks (not so for a loss that runs the model with other weights, as FjORD's ordered dropout)
     splittable: bool = True
     checkpointable: bool = True
+    # Whether every step at a batch size has the same memory; not so for a loss that draws its
+    # shape per step (FjORD's width): then every step is measured
+    steps_alike: bool = True
     # The estimate runs only the micro-batches whose memory can differ: the first (it creates the
     # gradients), the second (it adds to them; every later full one repeats it exactly) and the last
     # (short, or joined with a single left-over sample). Real training runs them all.
@@ -248,7 +251,9 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
     """Build the client's task and train it. Memory is measured from the moment the task is built
     (what it holds) and in the first ``measure_steps`` steps at each batch size that can hold the
     client's peak (``peak_batches``: its full batch; a short last one only if cut into a larger
-    micro-batch). The other steps run untouched, so measurement barely changes training speed."""
+    micro-batch), or in every step if they are not alike. The other steps run untracked, so
+    measurement barely changes training speed (the process-level probes sample until the last
+    measured step)."""
     probes = sources.start_probes(batches.device, measure_rss)
     try:
         tracker = TensorTracker()
@@ -262,10 +267,10 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         total, steps = 0.0, 0
         for _ in range(epochs):
             for x, y in batches:
-                if to_measure.get(len(y)):
+                if to_measure.get(len(y)) or not task.steps_alike:
                     value = float(measured_step(tracker, task, optimizer, x, y))
-                    to_measure[len(y)] -= 1
-                    if not any(to_measure.values()):
+                    to_measure[len(y)] = to_measure.get(len(y), 1) - 1
+                    if task.steps_alike and not any(to_measure.values()):
                         probes.stop()
                 else:
                     value = float(training_step(task, optimizer, x, y))  # the loss is not held into the next step

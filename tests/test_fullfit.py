@@ -181,6 +181,14 @@ def test_every_step_starts_alike_so_the_peak_batches_give_the_peak(name):
                 estimate_task(build, SHAPE, 10, kept, OPT).memory, (spec, sizes, kept)
 
 
+def test_micro_batches_are_given_through_the_task_spec():
+    """The estimate picks a client's measured batches from the spec's micro-batch: a task that sets
+    its own is refused with one line."""
+    task = Task(build_model(ModelSpec("cnn", 10, 1, 8)), micro_batch=4)
+    with pytest.raises(ConfigError, match="sets its own micro_batch"):
+        TaskSpec("full").trained(task)
+
+
 def test_a_short_batch_is_measured_only_when_its_micro_batches_are_larger():
     assert peak_batches([32, 5]) == (32,) and peak_batches([20]) == (20,)
     assert peak_batches([32, 5], micro_batch=2) == (32, 5)  # 2s, against 2 + 3

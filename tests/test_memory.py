@@ -249,6 +249,27 @@ def test_short_batches_do_not_hide_the_peak():
     assert both.peak > estimate_peak(build, shape, 10, 32, OPT).peak
 
 
+def test_steps_that_are_not_alike_are_all_measured():
+    """A loss that holds 1 MB more in its second step than in its first (as FjORD's width, drawn
+    per step): measured in every step when the task says its steps differ, else only the first."""
+    shape = (1, 8, 8)
+
+    def build(alike: bool):
+        calls, held = [], []
+
+        def loss(model, x, y):
+            calls.append(1)
+            if len(calls) == 2:
+                held.append(torch.zeros(2**18))  # alive from the second step on
+            return nn.functional.cross_entropy(model(x), y)
+        return lambda: Task(build_model(ModelSpec("cnn", 10, 1, 8)), loss, steps_alike=alike)
+
+    batches = Batches(random_bundle(64, shape), torch.arange(64), 32, CPU)
+    alike = train_local(build(True), batches, 1, OPT, 1, measure_rss=False).memory["tensor"]["peak"]
+    every = train_local(build(False), batches, 1, OPT, 1, measure_rss=False).memory["tensor"]["peak"]
+    assert every == alike + 2**20
+
+
 def test_a_client_smaller_than_a_batch_is_measured_at_its_own_size():
     shape = (1, 8, 8)
     batches = Batches(random_bundle(20, shape), torch.arange(20), 32, CPU)

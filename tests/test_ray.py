@@ -104,9 +104,9 @@ def test_runs_on_ray_share_their_estimates(tmp_path):
     def estimates(executor: str) -> list[str]:
         log = tmp_path / f"{executor}.log"
         log.touch()
-        cpus = int(ray.cluster_resources()["CPU"])  # one run at a time: two seeds started at once would
+        cpus = int(ray.cluster_resources()["CPU"])  # one run at a time (runs at once: the board test below)
         cfg = tiny_suite(methods=[{"method": "counted", "log": str(log)}], seeds=[0, 1, 2], rounds=2,
-                         executor=executor, ray={"num_cpus": cpus})  # both compute what neither has posted yet
+                         executor=executor, ray={"num_cpus": cpus})
         run_suite(cfg, tmp_path / executor, log=quiet)
         return log.read_text().splitlines()
 
@@ -114,14 +114,32 @@ def test_runs_on_ray_share_their_estimates(tmp_path):
     assert local and estimates("ray") == local
 
 
-def test_the_cost_board_lets_one_run_compute_each_estimate():
-    from harness.ray_executor import CostBoard
+def test_the_cost_board_lets_one_run_compute_each_estimate(monkeypatch):
+    import harness.ray_executor as executor
 
-    board = CostBoard({"known": "cost"})
+    board = executor.CostBoard({"known": "cost"})
     assert board.claim("known") == "cost"
     assert board.claim("new") is True and board.claim("new") is False  # the first computes, the others wait
     board.put("new", "computed")
     assert board.claim("new") == "computed"
+    assert board.claim("failed") is True
+    board.release("failed")  # its estimate raised: the next asker computes it
+    assert board.claim("failed") is True and board.claim("failed") is False
+    monkeypatch.setattr(executor, "CLAIM_LEASE_S", 0.0)  # a claim its dead run never posted
+    assert board.claim("failed") is True
+
+
+def test_runs_going_at_once_wait_for_an_estimate_being_computed(tmp_path):
+    """Three seeds at once, one CPU each, on a 2-CPU Ray: each estimate is still computed once."""
+    log = tmp_path / "ray.log"
+    log.touch()
+    local = tmp_path / "local.log"
+    local.touch()
+    methods = lambda path: [{"method": "counted", "log": str(path)}]  # noqa: E731
+    run_suite(tiny_suite(methods=methods(local), seeds=[0, 1, 2], rounds=2), tmp_path / "l", log=quiet)
+    run_suite(tiny_suite(methods=methods(log), seeds=[0, 1, 2], rounds=2, executor="ray"), tmp_path / "r",
+              log=quiet)
+    assert log.read_text() == local.read_text() != ""
 
 
 def test_executor_ray_from_the_command_line(tmp_path, capsys):

@@ -1,10 +1,11 @@
 """A task's cost, predicted without real compute: its training memory, FLOPs and bytes exchanged.
 
-The task is built and trained for the measured number of steps under ``FakeTensorMode`` (no data,
-no arithmetic, no real memory) with the same tracker and the same training step as the real run, so
-the memory estimate counts exactly what the measurement counts. The same pass counts the steps'
-FLOPs (torch's FLOP formulas: convolutions and matrix products, forward and backward) and the sizes
-of what the client downloads (its model's state) and uploads, for the device time model.
+The task is built and trained one step per batch size a client is measured at under
+``FakeTensorMode`` (no data, no arithmetic, no real memory) with the same tracker and the same
+training step as the real run, so the memory estimate counts exactly what the measurement counts.
+The same pass counts the steps' FLOPs (torch's FLOP formulas: convolutions and matrix products,
+forward and backward) and the sizes of what the client downloads (its model's state) and uploads,
+for the device time model.
 """
 
 from __future__ import annotations
