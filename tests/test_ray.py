@@ -177,6 +177,7 @@ def test_a_reused_worker_measures_each_client_on_its_own(one_thread, device):
     (hog_run, hog_job), (plain_run, plain_job) = client(hog_cfg, data, where), client(plain_cfg, data, where)
     pool = RayClients(plain_cfg, data, where, quiet)
     try:
+        pool.train(plain_run.method, [plain_job])  # the worker's first client pays its one-time set-up
         hog = pool.train(hog_run.method, [hog_job])[0]
         plain = pool.train(plain_run.method, [plain_job])[0]
         pids = {ray.get(w.pid.remote()) for w in pool.workers}
@@ -189,7 +190,8 @@ def test_a_reused_worker_measures_each_client_on_its_own(one_thread, device):
     assert hog.local.memory["tensor"]["peak"] > hogged > 100 * plain.local.memory["tensor"]["peak"]
     assert plain.local.memory["tensor"] == alone.local.memory["tensor"]
     assert hog.local.memory["rss"]["delta"] > 0.9 * hogged
-    assert plain.local.memory["rss"]["peak"] < hog.local.memory["rss"]["peak"] - 0.9 * hogged  # reset, not kept
+    # reset, not kept (kept, it would be at least the hog's; the margin leaves room for the heap to grow)
+    assert plain.local.memory["rss"]["peak"] < hog.local.memory["rss"]["peak"] - 0.5 * hogged
     if device == "cuda":
         assert hog.local.memory["cuda"]["task_peak"] > hogged
         assert plain.local.memory["cuda"]["task_peak"] == alone.local.memory["cuda"]["task_peak"]
