@@ -267,11 +267,12 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         total, steps = 0.0, 0
         for _ in range(epochs):
             for x, y in batches:
-                if to_measure.get(len(y)) or not task.steps_alike:
+                if not task.steps_alike or to_measure.get(len(y)):
                     value = float(measured_step(tracker, task, optimizer, x, y))
-                    to_measure[len(y)] = to_measure.get(len(y), 1) - 1
-                    if task.steps_alike and not any(to_measure.values()):
-                        probes.stop()
+                    if task.steps_alike:
+                        to_measure[len(y)] -= 1
+                        if not any(to_measure.values()):
+                            probes.stop()
                 else:
                     value = float(training_step(task, optimizer, x, y))  # the loss is not held into the next step
                 if not math.isfinite(value):
