@@ -67,6 +67,9 @@ class OptimizerConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # lr over the run's rounds (the same for every method): "constant", or "cosine" from lr in the
+    # first round towards 0 after the last (harness.training.LR_SCHEDULES)
+    schedule: Literal["constant", "cosine"] = "constant"
 
 
 @dataclass

@@ -47,7 +47,7 @@ from harness.records import (
 )
 from harness.registry import Registry
 from harness.summary import format_table, summary_rows
-from harness.training import NonFiniteLossError, evaluate, train_local
+from harness.training import NonFiniteLossError, evaluate, round_optimizer, train_local
 
 Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
@@ -139,6 +139,16 @@ def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
     return rnd % cfg.eval_every == 0 or rnd == cfg.rounds
 
 
+def with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the keys added to the schema since it was written at their defaults,
+    which keep the earlier behaviour: records of an older version resume as they were made."""
+    merged = {**defaults, **recorded}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(recorded.get(key), dict):
+            merged[key] = with_defaults(recorded[key], value)
+    return merged
+
+
 def mixed(n: int) -> torch.Tensor:
     """One fixed order of ``n`` samples for evaluation and calibration passes. Data sets stored class
     by class (an image folder) would otherwise give one-class batches, and a model that normalises
@@ -179,8 +189,9 @@ def train_client(cfg: SuiteConfig, data: DataBundle, method: Method, job: Client
     """Train one client: seeded by (run seed, round, position) alone, so any process gives the same result."""
     torch.manual_seed(derived_seed(job.seed, job.rnd, job.position, 1))
     batches = client_batches(cfg, data, job.indices, device, job.seed, job.rnd, job.position)
+    optimizer = round_optimizer(cfg.optimizer, job.rnd, cfg.rounds)
     local = train_local(lambda: method.trained_task(job.rnd, job.device, job.spec), batches, cfg.local_epochs,
-                        cfg.optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context)
+                        optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context)
     return ClientResult(job.device, job.spec, local)
 
 
@@ -317,6 +328,7 @@ class Run:
         """Resuming with another config would mix two experiments in one set of records. More rounds,
         and other seeds or methods beside this run, are allowed: they leave this run's past intact."""
         recorded = self.writer.read_manifest()
+        recorded["config"] = with_defaults(recorded.get("config", {}), json.loads(json.dumps(to_dict(SuiteConfig()))))
         current = json.loads(json.dumps(self.manifest_identity()))
         for part, values in current.items():
             old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
@@ -325,6 +337,10 @@ class Run:
                 raise ConfigError(f"cannot resume {self.writer.folder}: its records were made with another "
                                   f"{part.replace('_', ' ')} ({', '.join(keys)}); use the same suite and "
                                   "--set values, or choose another --out")
+        if self.cfg.optimizer.schedule != "constant" and recorded["config"].get("rounds") != self.cfg.rounds:
+            raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: its learning rate "
+                              f"follows a {self.cfg.optimizer.schedule} schedule over the "
+                              f"{recorded['config'].get('rounds')} rounds it was started with")
         # the same config can still give other clients: an edited trace, another harness version's sampler
         built = json.loads(json.dumps({"fleet": [d.to_record() for d in self.fleet],
                                        "partition": partition_report(self.data.train_y, self.parts,

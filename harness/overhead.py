@@ -25,7 +25,7 @@ from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import ModelSpec, build_model
 from harness.records import RunWriter, read_jsonl
-from harness.training import Task, evaluate, make_optimizer, training_step
+from harness.training import Task, evaluate, make_optimizer, round_optimizer, training_step
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
             local = build_model(spec, cfg.model.width).to(device)
             local.load_state_dict(model.state_dict())
             task = Task(local.train())
-            optimizer = make_optimizer(local, cfg.optimizer)
+            optimizer = make_optimizer(local, round_optimizer(cfg.optimizer, rnd, cfg.rounds))
             batches = client_batches(cfg, data, parts[position], device, seed, rnd, position)
             for _ in range(cfg.local_epochs):
                 for x, y in batches:

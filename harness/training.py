@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,18 @@ class LocalResult:
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {  # share of the run done -> factor on lr
+    "constant": lambda done: 1.0,
+    "cosine": lambda done: 0.5 * (1 + math.cos(math.pi * done)),
+}
+
+
+def round_optimizer(cfg: OptimizerConfig, rnd: int, rounds: int) -> OptimizerConfig:
+    """The optimizer of round ``rnd`` (from 1) of ``rounds``: lr scaled by the schedule. The server
+    decides it per round, as in FL practice (each client's optimizer lives for one round only)."""
+    return replace(cfg, lr=cfg.lr * LR_SCHEDULES[cfg.schedule]((rnd - 1) / rounds))
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -2,19 +2,20 @@
 
 import dataclasses
 import json
+import typing
 
 import pytest
 import torch
 from conftest import start, tiny_suite, write_toml
 
 import harness.methods as methods_module
-from harness.config import ConfigError
+from harness.config import ConfigError, OptimizerConfig
 from harness.data import load_data
 from harness.engine import Run, RunExistsError, plan_round, run_suite, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
-from harness.training import NonFiniteLossError
+from harness.training import LR_SCHEDULES, NonFiniteLossError, round_optimizer
 
 from helpers import context, method, records, without_times
 
@@ -135,6 +136,42 @@ def test_resume_refuses_a_changed_config(tmp_path, quiet):
     # more rounds (or more seeds and methods beside it) continue the same run
     run_suite(tiny_suite(rounds=2, seeds=[0, 1]), tmp_path, resume=True, log=quiet)
     assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 2
+
+
+def test_a_cosine_schedule_lowers_each_rounds_lr_from_the_first(tmp_path, quiet):
+    """Round 1 trains at the suite's lr under either schedule, so its records are the same; later
+    rounds differ; the factors are the cosine's, falling to near 0 in the last round."""
+    const = records(run_suite(tiny_suite(rounds=2), tmp_path / "c", log=quiet) / "fedavg-seed0")
+    cosine = records(run_suite(tiny_suite(rounds=2, optimizer={"schedule": "cosine"}), tmp_path / "k", log=quiet)
+                     / "fedavg-seed0")
+    first = [without_times([r for r in rows if r["round"] == 1]) for rows in (*const, *cosine)]
+    assert first[:2] == first[2:]
+    assert const[0][1]["accuracy"] != cosine[0][1]["accuracy"] or const[0][1]["loss"] != cosine[0][1]["loss"]
+    cfg = OptimizerConfig(lr=0.1, schedule="cosine")
+    assert [round(round_optimizer(cfg, r, 4).lr, 6) for r in (1, 2, 3, 4)] == [0.1, 0.085355, 0.05, 0.014645]
+    assert round_optimizer(OptimizerConfig(lr=0.1), 4, 4).lr == 0.1
+    assert set(LR_SCHEDULES) == set(typing.get_args(typing.get_type_hints(OptimizerConfig)["schedule"]))
+
+
+def test_a_scheduled_run_resumes_only_with_the_rounds_its_schedule_spans(tmp_path, quiet):
+    cfg = tiny_suite(rounds=1, optimizer={"schedule": "cosine"})
+    run_suite(cfg, tmp_path, log=quiet)
+    with pytest.raises(ConfigError, match="cosine schedule over the 1 rounds it was started with"):
+        run_suite(tiny_suite(rounds=2, optimizer={"schedule": "cosine"}), tmp_path, resume=True, log=quiet)
+    run_suite(cfg, tmp_path, resume=True, log=quiet)
+
+
+def test_records_of_an_earlier_version_resume_with_its_new_keys_at_their_defaults(tmp_path, quiet):
+    """A key added to the schema later (here the lr schedule) is absent from older manifests; at its
+    default it does what those versions did, so their runs resume; another value is refused."""
+    folder = run_suite(tiny_suite(rounds=1), tmp_path, log=quiet) / "fedavg-seed0"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["config"]["optimizer"]["schedule"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"another config \(optimizer\)"):
+        run_suite(tiny_suite(rounds=2, optimizer={"schedule": "cosine"}), tmp_path, resume=True, log=quiet)
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(folder / "rounds.jsonl")) == 2
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_records(tmp_path, quiet, monkeypatch):
