@@ -134,6 +134,15 @@ def _print(line: str) -> None:
     print(line, flush=True)  # Ray forwards a worker's output to the driver, prefixed with the task
 
 
+def run_slots(resources: dict[str, float], cfg: RayConfig) -> int:
+    """How many runs the cluster holds at once, each with its client workers. The driver submits
+    no more than that: a run blocked in ``ray.get`` (waiting on the board) lends its CPUs back to
+    Ray, which would start a queued run on them and put two runs on one core from then on."""
+    need = {"CPU": cfg.num_cpus + cfg.client_workers * cfg.client_num_cpus,
+            "GPU": cfg.num_gpus + cfg.client_workers * cfg.client_num_gpus}
+    return max(1, int(min(resources.get(k, 0.0) / v for k, v in need.items() if v > 0)))
+
+
 @EXECUTORS.register("ray")
 def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
     """The suite's runs as Ray tasks, ``ray.num_cpus`` and ``ray.num_gpus`` each. A run whose worker
@@ -147,10 +156,18 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
     board = ray.remote(CostBoard).options(num_cpus=0).remote(shared.estimator.costs)
     # seed by seed: the runs going at once are other methods', and a method's later seeds find
     # its estimates on the board
-    pending = {task.remote(cfg, job, data, shared.device, board): job for job in sorted(jobs, key=lambda j: j.seed)}
+    waiting = deque(sorted(jobs, key=lambda j: j.seed))
+    pending: dict[Any, RunJob] = {}
+
+    def submit() -> None:
+        while waiting and len(pending) < run_slots(ray.cluster_resources(), cfg.ray):
+            job = waiting.popleft()
+            pending[task.remote(cfg, job, data, shared.device, board)] = job
+
     errors: list[BaseException] = []
     start = time.perf_counter()
     try:
+        submit()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(done[0])
@@ -166,6 +183,7 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
                 errors.append(RunLostError(f"{job.name}: lost with its worker ({first_line(err)}) after "
                                            f"{cfg.ray.run_retries} retries; every complete round is recorded, "
                                            "continue with --resume"))
+            submit()
     except BaseException:  # interrupted: stop the runs still going; their complete rounds stay recorded
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -1,6 +1,6 @@
 """FedAvg variants for the Ray tests: one that kills its own process once, where a test says (a
-worker dying mid-task), one whose clients hold 256 MB for a moment (a large peak), and one that
-notes each estimate it is asked for.
+worker dying mid-task), one whose clients hold 256 MB for a moment (a large peak), one that
+notes each estimate it is asked for, and one that notes when each run starts and ends.
 
 Loaded on Ray workers through ``FL_HARNESS_PLUGINS=ray_faults`` (tests/test_ray.py)."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,39 @@ class Counted(FedAvg):
             with open(self.params.log, "a") as log:
                 log.write(f"{spec.label}\n")
         return task
+
+
+@dataclass
+class SpannedParams(FedAvgParams):
+    log: str = ""  # "start"/"end" lines with the time, one pair per run
+    slow_estimate_s: float = 0.0  # each estimate takes this long: runs of other seeds wait on the board
+
+
+@register_method("spanned")
+class Spanned(FedAvg):
+    """FedAvg whose runs note their start (the method made in a Ray task: the driver makes one too,
+    for its checks) and end (the last aggregation)."""
+
+    Params = SpannedParams
+
+    def __init__(self, params: SpannedParams, ctx: Any) -> None:
+        super().__init__(params, ctx)
+        import ray
+
+        if ray.get_runtime_context().get_task_id() is not None:
+            self._note("start")
+
+    def _note(self, what: str) -> None:
+        with open(self.params.log, "a") as log:
+            log.write(f"{what} {time.time()}\n")
+
+    def build_task(self, spec: TaskSpec) -> Task:
+        task = super().build_task(spec)
+        if is_fake(next(task.model.parameters())):
+            time.sleep(self.params.slow_estimate_s)
+        return task
+
+    def aggregate(self, rnd: int, results: list[ClientResult]) -> Any:
+        super().aggregate(rnd, results)
+        if rnd == self.ctx.rounds:
+            self._note("end")

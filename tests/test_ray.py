@@ -3,6 +3,7 @@ memory measured per client on reused workers, and workers killed mid-task."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from conftest import REPO, tiny_suite
 
 from harness.cli import main
-from harness.config import ConfigError
+from harness.config import ConfigError, RayConfig
 from harness.data import load_data
 from harness.engine import (
     ClientJob,
@@ -31,6 +32,9 @@ from harness.records import CHECKPOINT, read_jsonl
 from helpers import records, without_times
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
+
+from harness.ray_executor import run_slots  # noqa: E402  (after the skip: it is only for Ray)
+
 TESTS = Path(__file__).resolve().parent
 
 quiet = lambda _: None  # noqa: E731
@@ -140,6 +144,23 @@ def test_runs_going_at_once_wait_for_an_estimate_being_computed(tmp_path):
     run_suite(tiny_suite(methods=methods(log), seeds=[0, 1, 2], rounds=2, executor="ray"), tmp_path / "r",
               log=quiet)
     assert log.read_text() == local.read_text() != ""
+
+
+def test_no_more_runs_go_at_once_than_the_cluster_has_cpus_for(tmp_path):
+    """Runs wait on the board for an estimate another run computes (slowly here); a task blocked in
+    ``ray.get`` lends its CPU back to Ray, so the driver itself holds back the runs that do not fit
+    (2 CPUs, one each: two at a time, never three)."""
+    log = tmp_path / "spans.log"
+    cfg = tiny_suite(methods=[{"method": "spanned", "log": str(log), "slow_estimate_s": 5.0}], seeds=[0, 1, 2, 3],
+                     rounds=2, executor="ray")
+    run_suite(cfg, tmp_path, log=quiet)
+    lines = map(str.split, log.read_text().splitlines())
+    events = sorted((float(t), +1 if what == "start" else -1) for what, t in lines)
+    going = list(itertools.accumulate(step for _, step in events))
+    assert len(events) == 8 and max(going) == 2
+    assert run_slots({"CPU": 8.0, "GPU": 1.0}, RayConfig(num_cpus=2, num_gpus=0.5)) == 2
+    assert run_slots({"CPU": 8.0}, RayConfig(num_cpus=1, client_workers=2, client_num_cpus=1)) == 2
+    assert run_slots({"CPU": 1.0}, RayConfig(num_cpus=2)) == 1  # a run bigger than the cluster still goes
 
 
 def test_executor_ray_from_the_command_line(tmp_path, capsys):
