@@ -139,14 +139,15 @@ def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
     return rnd % cfg.eval_every == 0 or rnd == cfg.rounds
 
 
-def with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config with the keys added to the schema since it was written at their defaults,
-    which keep the earlier behaviour: records of an older version resume as they were made."""
-    merged = {**defaults, **recorded}
-    for key, value in defaults.items():
-        if isinstance(value, dict) and isinstance(recorded.get(key), dict):
-            merged[key] = with_defaults(recorded[key], value)
-    return merged
+# Config keys added since records were first written, at the value that does what the versions
+# before them did: records without them resume as if they had them. Only keys listed here: for
+# others (deadline_s, the fleet's speeds) the old records lack state the run needs.
+ADDED_KEYS: dict[str, dict[str, Any]] = {"optimizer": {"schedule": "constant"}}
+
+
+def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
+    return {part: {**ADDED_KEYS.get(part, {}), **values} if isinstance(values, dict) else values
+            for part, values in config.items()}
 
 
 def mixed(n: int) -> torch.Tensor:
@@ -325,10 +326,11 @@ class Run:
             clients.close()
 
     def check_same_config(self) -> None:
-        """Resuming with another config would mix two experiments in one set of records. More rounds,
-        and other seeds or methods beside this run, are allowed: they leave this run's past intact."""
+        """Resuming with another config would mix two experiments in one set of records. More rounds
+        (unless the lr follows a schedule over the rounds), and other seeds or methods beside this
+        run, are allowed: they leave this run's past intact."""
         recorded = self.writer.read_manifest()
-        recorded["config"] = with_defaults(recorded.get("config", {}), json.loads(json.dumps(to_dict(SuiteConfig()))))
+        recorded["config"] = with_added_keys(recorded.get("config", {}))
         current = json.loads(json.dumps(self.manifest_identity()))
         for part, values in current.items():
             old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
@@ -339,8 +341,8 @@ class Run:
                                   "--set values, or choose another --out")
         if self.cfg.optimizer.schedule != "constant" and recorded["config"].get("rounds") != self.cfg.rounds:
             raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: its learning rate "
-                              f"follows a {self.cfg.optimizer.schedule} schedule over the "
-                              f"{recorded['config'].get('rounds')} rounds it was started with")
+                              f"follows a {self.cfg.optimizer.schedule} schedule over the rounds it was started "
+                              f"with ({recorded['config'].get('rounds')})")
         # the same config can still give other clients: an edited trace, another harness version's sampler
         built = json.loads(json.dumps({"fleet": [d.to_record() for d in self.fleet],
                                        "partition": partition_report(self.data.train_y, self.parts,

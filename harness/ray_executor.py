@@ -134,13 +134,15 @@ def _print(line: str) -> None:
     print(line, flush=True)  # Ray forwards a worker's output to the driver, prefixed with the task
 
 
-def run_slots(resources: dict[str, float], cfg: RayConfig) -> int:
-    """How many runs the cluster holds at once, each with its client workers. The driver submits
-    no more than that: a run blocked in ``ray.get`` (waiting on the board) lends its CPUs back to
-    Ray, which would start a queued run on them and put two runs on one core from then on."""
+def run_slots(nodes: list[dict[str, float]], cfg: RayConfig) -> int:
+    """How many runs the cluster's nodes (their resources) hold at once, each with its client
+    workers. The driver submits no more than that: a run blocked in ``ray.get`` (waiting on the
+    board) lends its CPUs back to Ray, which would start a queued run on them and put two runs on
+    one core from then on. (On an autoscaling cluster, queued runs then do not ask for nodes.)"""
     need = {"CPU": cfg.num_cpus + cfg.client_workers * cfg.client_num_cpus,
             "GPU": cfg.num_gpus + cfg.client_workers * cfg.client_num_gpus}
-    return max(1, int(min(resources.get(k, 0.0) / v for k, v in need.items() if v > 0)))
+    fits = (min(math.floor(node.get(k, 0.0) / v + 1e-6) for k, v in need.items() if v > 0) for node in nodes)
+    return max(1, sum(fits))
 
 
 @EXECUTORS.register("ray")
@@ -160,7 +162,8 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
     pending: dict[Any, RunJob] = {}
 
     def submit() -> None:
-        while waiting and len(pending) < run_slots(ray.cluster_resources(), cfg.ray):
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        while waiting and len(pending) < run_slots(nodes, cfg.ray):
             job = waiting.popleft()
             pending[task.remote(cfg, job, data, shared.device, board)] = job
 
@@ -173,7 +176,7 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
             job = pending.pop(done[0])
             try:
                 ray.get(done[0])
-                log(f"[{job.name}] finished ({len(jobs) - len(pending)}/{len(jobs)} runs, "
+                log(f"[{job.name}] finished ({len(jobs) - len(pending) - len(waiting)}/{len(jobs)} runs, "
                     f"{time.perf_counter() - start:.0f} s)")
             except ray.exceptions.RayTaskError as err:
                 log(f"[{job.name}] failed: {first_line(cause(err))}")

@@ -27,13 +27,12 @@ from harness.engine import (
     train_client,
 )
 from harness.methods import ClientResult
+from harness.ray_executor import run_slots
 from harness.records import CHECKPOINT, read_jsonl
 
 from helpers import records, without_times
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
-
-from harness.ray_executor import run_slots  # noqa: E402  (after the skip: it is only for Ray)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -134,7 +133,7 @@ def test_the_cost_board_lets_one_run_compute_each_estimate(monkeypatch):
 
 
 def test_runs_going_at_once_wait_for_an_estimate_being_computed(tmp_path):
-    """Three seeds at once, one CPU each, on a 2-CPU Ray: each estimate is still computed once."""
+    """Three seeds, one CPU each, on a 2-CPU Ray (two going at once): each estimate is still computed once."""
     log = tmp_path / "ray.log"
     log.touch()
     local = tmp_path / "local.log"
@@ -149,18 +148,22 @@ def test_runs_going_at_once_wait_for_an_estimate_being_computed(tmp_path):
 def test_no_more_runs_go_at_once_than_the_cluster_has_cpus_for(tmp_path):
     """Runs wait on the board for an estimate another run computes (slowly here); a task blocked in
     ``ray.get`` lends its CPU back to Ray, so the driver itself holds back the runs that do not fit
-    (2 CPUs, one each: two at a time, never three)."""
+    (2 CPUs, one each: two at a time, never three; without the hold-back a third one starts)."""
     log = tmp_path / "spans.log"
-    cfg = tiny_suite(methods=[{"method": "spanned", "log": str(log), "slow_estimate_s": 5.0}], seeds=[0, 1, 2, 3],
-                     rounds=2, executor="ray")
-    run_suite(cfg, tmp_path, log=quiet)
+    method = {"method": "spanned", "log": str(log), "slow_estimate_s": 5.0, "driver_pid": os.getpid()}
+    run_suite(tiny_suite(methods=[method], seeds=[0, 1, 2, 3], rounds=2, executor="ray"), tmp_path, log=quiet)
     lines = map(str.split, log.read_text().splitlines())
     events = sorted((float(t), +1 if what == "start" else -1) for what, t in lines)
     going = list(itertools.accumulate(step for _, step in events))
     assert len(events) == 8 and max(going) == 2
-    assert run_slots({"CPU": 8.0, "GPU": 1.0}, RayConfig(num_cpus=2, num_gpus=0.5)) == 2
-    assert run_slots({"CPU": 8.0}, RayConfig(num_cpus=1, client_workers=2, client_num_cpus=1)) == 2
-    assert run_slots({"CPU": 1.0}, RayConfig(num_cpus=2)) == 1  # a run bigger than the cluster still goes
+
+
+def test_run_slots_count_whole_runs_node_by_node():
+    assert run_slots([{"CPU": 8.0, "GPU": 1.0}], RayConfig(num_cpus=2, num_gpus=0.5)) == 2
+    assert run_slots([{"CPU": 8.0}], RayConfig(num_cpus=1, client_workers=2, client_num_cpus=1)) == 2
+    assert run_slots([{"CPU": 3.0}, {"CPU": 3.0}], RayConfig(num_cpus=2)) == 2  # not 6 / 2
+    assert run_slots([{"CPU": 4.0, "GPU": 0.9}], RayConfig(num_gpus=0.3)) == 3  # 0.9 / 0.3 in floats
+    assert run_slots([{"CPU": 1.0}], RayConfig(num_cpus=2)) == 1  # a run bigger than the cluster still goes
 
 
 def test_executor_ray_from_the_command_line(tmp_path, capsys):
