@@ -49,13 +49,13 @@ def peak_batches(sizes: Iterable[int], micro_batch: int = 0) -> tuple[int, ...]:
     """Of the batch sizes a client trains, those whose steps can hold its peak, largest first: every
     step starts from the same state and peaks higher with a larger batch, unless a smaller batch
     is cut into a larger micro-batch (in micro-batches of 2, 32 is all 2s but 5 is 2 + 3)."""
-    def largest_chunk(n: int) -> int:
-        return max(end - start for start, end in chunk_bounds(n, micro_batch))
-
     kept: list[int] = []
+    largest = 0  # the largest piece of the sizes kept so far
     for size in sorted(set(sizes), reverse=True):
-        if not kept or largest_chunk(size) > max(map(largest_chunk, kept)):
+        piece = max(end - start for start, end in chunk_bounds(size, micro_batch))
+        if piece > largest:
             kept.append(size)
+            largest = piece
     return tuple(kept)
 
 
