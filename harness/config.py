@@ -30,7 +30,7 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
     shards_per_client: int = 2
     min_samples: int = 2  # Dirichlet is redrawn until every client has this many samples
-    augment: bool = False  # random crop + flip on tensors (CIFAR-style)
+    augment: bool = False  # random crop (padding: an eighth of the side) + flip on tensors (CIFAR-style)
     image_size: int = 0  # imagefolder: resize to this square size; 0 keeps the files' size
     cache_dir: str = ""  # imagefolder tensor cache; default: <root>/.harness-cache
     synthetic_samples: int = 2000

@@ -102,6 +102,20 @@ def test_augmentation_crops_and_flips_within_padding():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
 
 
+def test_batches_pad_by_an_eighth_of_the_side(monkeypatch):
+    """CIFAR's 4 pixels of 32: an 8x8 image is shifted by at most 1 pixel, not by half its side."""
+    paddings = []
+
+    def recording(x, g, padding):
+        paddings.append(padding)
+        return x
+
+    monkeypatch.setattr("harness.data.batches.random_crop_flip", recording)
+    data = load_data(DataConfig(name="synthetic"))
+    list(Batches(data, torch.arange(32), 16, torch.device("cpu"), augment=True))
+    assert paddings == [1, 1]
+
+
 def test_cifar_without_root_or_files_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"data\.root is empty"):
         load_data(DataConfig(name="cifar10"))
