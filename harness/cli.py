@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -226,6 +227,9 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     for path, seconds, accuracy in rows:
         print(f"| {path} | {seconds:.2f} | {100 * accuracy:.1f}% |")
     print(f"harness / bare: {timing.ratio:.2f}x")
+    if len(timing.pairs) > 1:
+        ratios = timing.pair_ratios
+        print(f"run by run: {' '.join(f'{r:.2f}x' for r in ratios)} (median {statistics.median(ratios):.2f}x)")
     print("\n# where the harness's time goes (its best run; each part without the parts it calls)")
     print("| part | seconds | calls | share |\n|---|---|---|---|")
     for part, seconds, calls in timing.parts:

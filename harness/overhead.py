@@ -90,10 +90,17 @@ class Timing:
     harness_accuracy: float  # the same workload gives the same model: a check that it is the same
     bare_accuracy: float
     parts: list[tuple[str, float, int]] = field(default_factory=list)  # the best harness run's, by part
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (harness, bare) seconds, run after run
 
     @property
     def ratio(self) -> float:
         return self.harness_s / self.bare_s
+
+    @property
+    def pair_ratios(self) -> list[float]:
+        """Each harness run over the bare run right after it: a slow spell of the machine tends to
+        hit both of a pair, so their spread shows how far one ratio can be trusted."""
+        return [h / b for h, b in self.pairs]
 
 
 def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
@@ -159,4 +166,5 @@ def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
         harness_runs.append(harness_fedavg(cfg, seed))
         bare_runs.append(bare_fedavg(cfg, seed))
     (harness_s, harness_acc, parts), (bare_s, bare_acc) = min(harness_runs), min(bare_runs)
-    return Timing(harness_s, bare_s, harness_acc, bare_acc, parts)
+    pairs = [(h[0], b[0]) for h, b in zip(harness_runs, bare_runs)]
+    return Timing(harness_s, bare_s, harness_acc, bare_acc, parts, pairs)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 from conftest import tiny_suite
@@ -171,8 +172,10 @@ def test_overhead_runs_the_same_workload_both_ways(capsys):
     from harness.overhead import compare
 
     cfg = tiny_suite(rounds=2)
-    timing = compare(cfg, repeats=1)
+    timing = compare(cfg, repeats=2)
     assert timing.harness_accuracy == timing.bare_accuracy and timing.harness_s > 0 and timing.bare_s > 0
+    assert len(timing.pairs) == 2 and timing.harness_s == min(h for h, _ in timing.pairs)
+    assert timing.pair_ratios == [h / b for h, b in timing.pairs]
     parts = {part: (seconds, calls) for part, seconds, calls in timing.parts}  # every part, each counted once
     clients = cfg.rounds * cfg.clients_per_round
     assert parts["clients: building each task under the tracker"][1] == clients
@@ -180,11 +183,12 @@ def test_overhead_runs_the_same_workload_both_ways(capsys):
     assert parts["clients: untracked steps"][1] == 3 * clients  # 16, 16 and the short one
     assert parts["rounds: planning, aggregation, round records"][1] == cfg.rounds
     assert all(seconds >= 0 for seconds, _ in parts.values())
-    assert main(["overhead", "suites/quick.toml", "--set", "rounds=1", "--repeats", "1"]) == 0
+    assert main(["overhead", "suites/quick.toml", "--set", "rounds=1", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| harness", "| bare"))]
     assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # same accuracy
     assert "harness / bare:" in out and "| clients: measured steps |" in out
+    assert re.search(r"^run by run: \d+\.\d\dx \d+\.\d\dx \(median \d+\.\d\dx\)$", out, re.M)
 
 
 def test_memory_tables_align_each_task_across_batches(tmp_path):
