@@ -4,10 +4,11 @@ A ``TorchDispatchMode`` sees every tensor an aten op returns; each new storage i
 released by a weak-reference callback when it dies. The client's task is built under the tracker, so
 whatever the task keeps besides its model (a copy of the global weights, a control variate, a
 teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
-the input batch are registered by name. At every local maximum the live storages are remembered,
-and they are named once the step has finished and it is known which storages became gradients or
-optimizer state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
-measurement count the very same tensors.
+the input batch are registered by name. Each storage carries the ticks of its birth and death on a
+clock that advances at every count, so the peak is one tick; the storages live at it are named
+once the step has finished and it is known which became gradients or optimizer state. The same
+tracker runs under ``FakeTensorMode`` for the estimate, so estimate and measurement count the very
+same tensors.
 
 Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks work.
 """
@@ -54,10 +55,14 @@ def _fresh_returns(func) -> tuple[bool, ...]:
 class _Storage:
     """What the tracker knows of one storage; outlives the storage so a peak can be named later."""
 
-    __slots__ = ("__weakref__", "nbytes", "phase", "role")
+    __slots__ = ("__weakref__", "born", "died", "nbytes", "phase", "role")
 
-    def __init__(self, nbytes: int, phase: str, role: str | None = None) -> None:
+    def __init__(self, nbytes: int, phase: str, role: str | None, born: int) -> None:
         self.nbytes, self.phase, self.role = nbytes, phase, role
+        self.born, self.died = born, None
+
+    def live_at(self, tick: int) -> bool:
+        return self.born <= tick and (self.died is None or self.died > tick)
 
     @property
     def category(self) -> str:
@@ -76,10 +81,11 @@ class TensorTracker(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._live: dict[int, tuple[weakref.ref, _Storage]] = {}
+        self._counted: list[_Storage] = []  # every storage counted, live or dead
+        self._clock = 0  # ticks at every storage counted or freed
         self._current = 0
         self._peak = 0
-        self._peak_storages: list[_Storage] = []
-        self._rising = False  # the count went up since the last local maximum was remembered
+        self._peak_at = 0  # the tick of the peak
         self.phase = "forward"
 
     @classmethod
@@ -95,25 +101,21 @@ class TensorTracker(TorchDispatchMode):
             if role is not None:
                 info.role = role
             return info
-        info = _Storage(storage.nbytes(), phase, role)
+        self._clock += 1
+        info = _Storage(storage.nbytes(), phase, role, self._clock)
         self._live[key] = (weakref.ref(storage, lambda _, k=key, i=info: self._free(k, i)), info)
+        self._counted.append(info)
         self._current += info.nbytes
         if self._current > self._peak:
-            self._peak = self._current
-            self._rising = True
+            self._peak, self._peak_at = self._current, self._clock
         return info
 
     def _free(self, key: int, info: _Storage) -> None:
-        if self._rising:
-            self._remember_peak()
+        self._clock += 1
+        info.died = self._clock
         self._current -= info.nbytes
         if self._live.get(key, (None, None))[1] is info:
             del self._live[key]
-
-    def _remember_peak(self) -> None:
-        if self._current >= self._peak:
-            self._peak_storages = [info for _, info in self._live.values()]
-        self._rising = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -136,9 +138,7 @@ class TensorTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         """Count the peak from now on: what is live stays counted, earlier transients (building a
         task: a full model cut down to a stage, weights copied in) are not a peak of training."""
-        self._peak = self._current
-        self._peak_storages = [info for _, info in self._live.values()]
-        self._rising = False
+        self._peak, self._peak_at = self._current, self._clock
 
     def register_model(self, model: nn.Module) -> None:
         """Count the model's parameters (frozen ones too) and buffers, which predate tracking."""
@@ -169,9 +169,8 @@ class TensorTracker(TorchDispatchMode):
             self.phase = previous
 
     def report(self) -> MemoryReport:
-        if self._rising:
-            self._remember_peak()
         categories = dict.fromkeys(CATEGORIES, 0)
-        for info in self._peak_storages:
-            categories[info.category] += info.nbytes
+        for info in self._counted:
+            if info.live_at(self._peak_at):
+                categories[info.category] += info.nbytes
         return MemoryReport(self._peak, categories)
