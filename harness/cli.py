@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness import interrupts
 from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError, load_data
 from harness.engine import EXECUTORS, RunExistsError, RunLostError, check_ray, resolve_device, run_suite
@@ -321,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with interrupts.sticky():
+            return args.func(args)
     except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError, RecordsError,
             PluginError, RunLostError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from harness import interrupts
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
@@ -321,6 +322,7 @@ class Run:
         clients = client_trainer(self.cfg, self.data, self.device, self.log)
         try:
             for rnd in range(first, self.cfg.rounds + 1):
+                interrupts.check()
                 self.round(rnd, clock, clients)
         finally:
             clients.close()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import interrupts
 from harness.config import OptimizerConfig
 from harness.data import Batches
 from harness.memory import MemoryReport, TensorTracker, sources
@@ -279,6 +280,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         total, steps = 0.0, 0
         for _ in range(epochs):
             for x, y in batches:
+                interrupts.check()
                 if not task.steps_alike or to_measure.get(len(y)):
                     value = float(measured_step(tracker, task, optimizer, x, y))
                     if task.steps_alike:

@@ -20,11 +20,13 @@ import torch
 from conftest import REPO, start, tiny_raw, tiny_suite, wait_for_rounds, write_toml
 from PIL import Image
 
+from harness import interrupts
 from harness.cli import main
 from harness.config import ConfigError, DataConfig, suite_from_dict
 from harness.data import PartitionError, load_data, partition
 from harness.data.datasets import DataError
 from harness.engine import run_suite
+from harness.memory import TensorTracker
 from harness.records import CHECKPOINT, RecordsError, RunWriter, SuiteLock, read_jsonl
 
 from helpers import records, without_times
@@ -61,6 +63,41 @@ def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the callback's, dropped
+def test_ctrl_c_during_a_weakref_callback_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Python drops an exception raised in a weak-reference callback, where the tracker frees
+    storages during every measured step: a Ctrl-C there must still stop the run (not let it run
+    to its end), with every completed round recorded and the run resumable."""
+    write_toml(tmp_path / "s.toml", rounds=3)
+    real_free, fired = TensorTracker._free, []
+
+    def free(self, key, info):
+        if not fired:  # the first storage freed in round 1's measured step: a Ctrl-C lands here
+            fired.append(True)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        real_free(self, key, info)
+
+    monkeypatch.setattr(TensorTracker, "_free", free)
+    suite = [str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]
+    assert main(["run", *suite]) == 130
+    assert fired and "continue with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(TensorTracker, "_free", real_free)
+    assert main(["run", *suite, "--resume"]) == 0
+    assert len(read_jsonl(tmp_path / "out" / "killme" / "exclusive-seed0" / "rounds.jsonl")) == 3
+
+
+def test_sticky_interrupts_restore_the_handler():
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.sticky():
+        assert signal.getsignal(signal.SIGINT) is not before
+        with pytest.raises(KeyboardInterrupt):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is before
+    interrupts.check()  # nothing pending once the command is over
 
 
 @pytest.mark.parametrize("point", ["half the client lines", "half the round line", "the checkpoint"])
