@@ -16,6 +16,7 @@ from harness.data import (
     partition_report,
     random_crop_flip,
 )
+from harness.data.datasets import from_arrays
 
 
 @pytest.mark.parametrize(("name", "train", "test", "shape"), [
@@ -102,8 +103,9 @@ def test_augmentation_crops_and_flips_within_padding():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
 
 
-def test_batches_pad_by_an_eighth_of_the_side(monkeypatch):
-    """CIFAR's 4 pixels of 32: an 8x8 image is shifted by at most 1 pixel, not by half its side."""
+@pytest.mark.parametrize("side, padding", [(4, 1), (8, 1), (16, 2), (32, 4)])
+def test_batches_pad_by_an_eighth_of_the_side(monkeypatch, side, padding):
+    """CIFAR's 4 pixels of 32 at any size (at least 1): not half the side of a 16x16 image."""
     paddings = []
 
     def recording(x, g, padding):
@@ -111,9 +113,10 @@ def test_batches_pad_by_an_eighth_of_the_side(monkeypatch):
         return x
 
     monkeypatch.setattr("harness.data.batches.random_crop_flip", recording)
-    data = load_data(DataConfig(name="synthetic"))
+    images = np.zeros((40, 3, side, side), np.uint8)
+    data = from_arrays("blank", images, np.arange(40) % 2, 0.2, 2)
     list(Batches(data, torch.arange(32), 16, torch.device("cpu"), augment=True))
-    assert paddings == [1, 1]
+    assert paddings == [padding, padding]
 
 
 def test_cifar_without_root_or_files_is_a_clear_error(tmp_path):

@@ -119,6 +119,21 @@ def test_hand_count_for_a_small_mlp():
     assert floor <= report.peak <= floor + 3 * p_bytes + 8 * batch * (hidden + d_out)
 
 
+def test_the_tracker_forgets_the_dead_but_not_the_peak(monkeypatch):
+    """A task whose every step is measured makes storages without end; those dead and not live at
+    the peak are dropped as they pile up, and the peak is named as before."""
+    monkeypatch.setattr("harness.memory.tracker.PRUNE_SLACK", 64)
+    tracker = TensorTracker()
+    with tracker:
+        peak = torch.ones(1000)
+        del peak
+        for _ in range(1000):
+            torch.ones(10)  # dead at once
+    report = tracker.report()
+    assert report.peak == 4000 and report.categories["activations"] == 4000
+    assert len(tracker._counted) < 100  # of the 1,001 storages counted
+
+
 def test_the_optimizer_state_exists_from_the_first_step():
     """SGD makes its momentum in its first step, so that step alone would under-report; the harness
     makes it with the optimizer, and the first step already has the peak of the second."""

@@ -5,10 +5,10 @@ released by a weak-reference callback when it dies. The client's task is built u
 whatever the task keeps besides its model (a copy of the global weights, a control variate, a
 teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
 the input batch are registered by name. Each storage carries the ticks of its birth and death on a
-clock that advances at every count, so the peak is one tick; the storages live at it are named
-once the step has finished and it is known which became gradients or optimizer state. The same
-tracker runs under ``FakeTensorMode`` for the estimate, so estimate and measurement count the very
-same tensors.
+clock that advances at every storage counted or freed, so the peak is one tick; the storages live
+at it are named once the step has finished and it is known which became gradients or optimizer
+state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
+measurement count the very same tensors.
 
 Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks work.
 """
@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # although their schema says alias. Other aliasing outputs (views, in-place results) are storages
 # that already exist, e.g. the server's global weights that a client's state_dict() reads.
 FRESH_ALIASES = {torch.ops.aten.lift_fresh.default}
+PRUNE_SLACK = 4096  # storages the tracker holds, beyond twice those kept at the last pruning, before pruning again
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
 PHASE_CATEGORY = {"build": "state", "forward": "activations", "backward": "other", "optimizer": "other",
                   "input": "other"}
@@ -81,7 +82,8 @@ class TensorTracker(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._live: dict[int, tuple[weakref.ref, _Storage]] = {}
-        self._counted: list[_Storage] = []  # every storage counted, live or dead
+        self._counted: list[_Storage] = []  # the storages counted: the live, and the dead until pruned
+        self._prune_at = PRUNE_SLACK  # prune when this many are held
         self._clock = 0  # ticks at every storage counted or freed
         self._current = 0
         self._peak = 0
@@ -105,10 +107,18 @@ class TensorTracker(TorchDispatchMode):
         info = _Storage(storage.nbytes(), phase, role, self._clock)
         self._live[key] = (weakref.ref(storage, lambda _, k=key, i=info: self._free(k, i)), info)
         self._counted.append(info)
+        if len(self._counted) > self._prune_at:
+            self._prune()
         self._current += info.nbytes
         if self._current > self._peak:
             self._peak, self._peak_at = self._current, self._clock
         return info
+
+    def _prune(self) -> None:
+        """Forget storages dead and not live at the peak: any later peak is at a later tick, when
+        they are dead too (a task whose every step is measured would otherwise pile them up)."""
+        self._counted = [i for i in self._counted if i.died is None or i.live_at(self._peak_at)]
+        self._prune_at = 2 * len(self._counted) + PRUNE_SLACK  # what is kept, pruned again only when doubled
 
     def _free(self, key: int, info: _Storage) -> None:
         self._clock += 1
