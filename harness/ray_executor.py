@@ -162,8 +162,8 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
     pending: dict[Any, RunJob] = {}
 
     def submit() -> None:
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        while waiting and len(pending) < run_slots(nodes, cfg.ray):
+        slots = run_slots([node["Resources"] for node in ray.nodes() if node["Alive"]], cfg.ray)
+        while waiting and len(pending) < slots:
             job = waiting.popleft()
             pending[task.remote(cfg, job, data, shared.device, board)] = job
 
