@@ -195,8 +195,8 @@ class DepthFL(GlobalModelMethod):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec, rnd)
-        state = self.model.state_dict()
-        task.model.load_state_dict({k: state[k] for k in task.model.state_dict()})
+        state = self.model.state_dict(keep_vars=True)
+        task.model.load_state_dict({k: state[k] for k in task.model.state_dict(keep_vars=True)})
         if task.loss.regularizer is not None:
             task.loss.regularizer.load(task.model, self.corrections.get(device.id, {}))
         return task

@@ -57,7 +57,7 @@ class FedAvg(GlobalModelMethod):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
-        task.model.load_state_dict(self.model.state_dict())
+        task.model.load_state_dict(self.model.state_dict(keep_vars=True))  # copied from: no detached views to make
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:

@@ -121,7 +121,7 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
         states, weights = [], []
         for position in chosen:
             local = build_model(spec, cfg.model.width).to(device)
-            local.load_state_dict(model.state_dict())
+            local.load_state_dict(model.state_dict(keep_vars=True))  # as the methods copy the server's model
             task = Task(local.train())
             optimizer = make_optimizer(local, round_optimizer(cfg.optimizer, rnd, cfg.rounds))
             batches = client_batches(cfg, data, parts[position], device, seed, rnd, position)

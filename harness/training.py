@@ -273,7 +273,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         task = build_tracked(tracker, build, batches.device)
         probes.rebase()
         model = task.model
-        bytes_down = tensor_bytes(model.state_dict())
+        bytes_down = tensor_bytes(model.state_dict(keep_vars=True))
         optimizer = start_training(tracker, task, cfg)
         to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), measure_steps)  # steps left
         start = time.perf_counter()

@@ -11,7 +11,7 @@ from conftest import start, tiny_suite, write_toml
 import harness.methods as methods_module
 from harness.config import ConfigError, OptimizerConfig
 from harness.data import load_data
-from harness.engine import Run, RunExistsError, plan_round, run_suite, suite_estimator
+from harness.engine import Run, RunExistsError, plan_round, run_suite, seed_torch, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
@@ -300,3 +300,17 @@ def test_the_allocator_gate_needs_a_gpu(tmp_path, quiet):
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         run_suite(tiny_suite(measure={"gate": "allocator"}), tmp_path, log=quiet)
     assert not (tmp_path / "tiny").exists()
+
+
+def test_a_client_on_the_cpu_seeds_only_the_cpu_generator(monkeypatch):
+    """``torch.manual_seed`` formats a stack trace for each accelerator not yet started; a CPU client
+    gets the same random numbers from the CPU generator alone, a GPU client seeds them all."""
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    calls = []
+    monkeypatch.setattr(torch, "manual_seed", calls.append)
+    torch.rand(5)  # move the generator on
+    seed_torch(7, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), want) and calls == []
+    seed_torch(7, torch.device("cuda"))
+    assert calls == [7]

@@ -73,11 +73,11 @@ def test_ctrl_c_during_a_weakref_callback_still_stops_the_run(tmp_path, monkeypa
     write_toml(tmp_path / "s.toml", rounds=3)
     real_free, fired = TensorTracker._free, []
 
-    def free(self, key, info):
+    def free(self, ref):
         if not fired:  # the first storage freed in round 1's measured step: a Ctrl-C lands here
             fired.append(True)
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-        real_free(self, key, info)
+        real_free(self, ref)
 
     monkeypatch.setattr(TensorTracker, "_free", free)
     suite = [str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]

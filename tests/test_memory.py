@@ -134,6 +134,21 @@ def test_the_tracker_forgets_the_dead_but_not_the_peak(monkeypatch):
     assert len(tracker._counted) < 100  # of the 1,001 storages counted
 
 
+def test_the_tracker_counts_every_new_output_and_no_view():
+    """Ops of one new tensor, of several (values and indices), of a list of new tensors, and of
+    views or in-place results (nothing new): each new storage is counted once, with its bytes."""
+    tracker = TensorTracker()
+    with tracker:
+        x = torch.ones(4, 10)  # 160 bytes
+        values, indices = torch.max(x, dim=1)  # 16 + 32 bytes
+        pieces = torch.ops.aten.unbind_copy.int(x)  # four of 40 bytes
+        view, same = x[1:], x.add_(1)  # nothing new
+    assert [t.untyped_storage().nbytes() for t in (values, indices, *pieces)] == [16, 32, 40, 40, 40, 40]
+    assert view.untyped_storage() is x.untyped_storage() and same is x
+    report = tracker.report()
+    assert report.peak == 160 + 16 + 32 + 4 * 40 == report.categories["activations"]
+
+
 def test_the_optimizer_state_exists_from_the_first_step():
     """SGD makes its momentum in its first step, so that step alone would under-report; the harness
     makes it with the optimizer, and the first step already has the peak of the second."""

@@ -47,20 +47,23 @@ class MemoryReport:
 
 
 @functools.cache
-def _fresh_returns(func) -> tuple[bool, ...]:
-    """Per return of ``func``: whether it is new memory (it aliases nothing, or aliases a tensor
-    made outside the dispatcher); read from the op's schema once."""
-    return tuple(ret.alias_info is None or func in FRESH_ALIASES for ret in func._schema.returns)
+def _fresh_returns(func) -> tuple[int, ...] | None:
+    """Which returns of ``func`` are new memory (they alias nothing, or alias a tensor made outside
+    the dispatcher), read from the op's schema once: None for an op of one such return (most ops),
+    else their positions (none: a view, an in-place op)."""
+    returns = func._schema.returns
+    fresh = tuple(i for i, ret in enumerate(returns) if ret.alias_info is None or func in FRESH_ALIASES)
+    return None if fresh == (0,) and len(returns) == 1 else fresh
 
 
 class _Storage:
     """What the tracker knows of one storage; outlives the storage so a peak can be named later."""
 
-    __slots__ = ("__weakref__", "born", "died", "nbytes", "phase", "role")
+    __slots__ = ("born", "died", "key", "nbytes", "phase", "role")
 
-    def __init__(self, nbytes: int, phase: str, role: str | None, born: int) -> None:
-        self.nbytes, self.phase, self.role = nbytes, phase, role
-        self.born, self.died = born, None
+    def __init__(self, nbytes: int, phase: str, role: str | None, born: int, key: int) -> None:
+        self.nbytes, self.phase, self.role, self.born, self.key = nbytes, phase, role, born, key
+        self.died = None
 
     def live_at(self, tick: int) -> bool:
         return self.born <= tick and (self.died is None or self.died > tick)
@@ -68,6 +71,12 @@ class _Storage:
     @property
     def category(self) -> str:
         return self.role or PHASE_CATEGORY[self.phase]
+
+
+class _Ref(weakref.ref):
+    """A weak reference to a counted storage that knows what was counted, for its death callback."""
+
+    __slots__ = ("info",)
 
 
 def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[torch.UntypedStorage]:
@@ -81,7 +90,7 @@ class TensorTracker(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self._live: dict[int, tuple[weakref.ref, _Storage]] = {}
+        self._live: dict[int, _Ref] = {}  # by the storage's id(), while it lives
         self._counted: list[_Storage] = []  # the storages counted: the live, and the dead until pruned
         self._prune_at = PRUNE_SLACK  # prune when this many are held
         self._clock = 0  # ticks at every storage counted or freed
@@ -89,6 +98,7 @@ class TensorTracker(TorchDispatchMode):
         self._peak = 0
         self._peak_at = 0  # the tick of the peak
         self.phase = "forward"
+        self._on_death = self._free  # bound once: every counted storage's callback
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -97,15 +107,15 @@ class TensorTracker(TorchDispatchMode):
     # -- counting ---------------------------------------------------------------------------
     def _add(self, storage: torch.UntypedStorage, phase: str, role: str | None = None) -> _Storage:
         key = id(storage)
-        known = self._live.get(key)
-        if known is not None and known[0]() is storage:
-            info = known[1]
+        ref = self._live.get(key)
+        if ref is not None and ref() is storage:
             if role is not None:
-                info.role = role
-            return info
+                ref.info.role = role
+            return ref.info
         self._clock += 1
-        info = _Storage(storage.nbytes(), phase, role, self._clock)
-        self._live[key] = (weakref.ref(storage, lambda _, k=key, i=info: self._free(k, i)), info)
+        info = _Storage(storage.nbytes(), phase, role, self._clock, key)
+        ref = self._live[key] = _Ref(storage, self._on_death)
+        ref.info = info
         self._counted.append(info)
         if len(self._counted) > self._prune_at:
             self._prune()
@@ -120,22 +130,25 @@ class TensorTracker(TorchDispatchMode):
         self._counted = [i for i in self._counted if i.died is None or i.live_at(self._peak_at)]
         self._prune_at = 2 * len(self._counted) + PRUNE_SLACK  # what is kept, pruned again only when doubled
 
-    def _free(self, key: int, info: _Storage) -> None:
+    def _free(self, ref: _Ref) -> None:
+        info = ref.info
         self._clock += 1
         info.died = self._clock
         self._current -= info.nbytes
-        if self._live.get(key, (None, None))[1] is info:
-            del self._live[key]
+        if self._live.get(info.key) is ref:
+            del self._live[info.key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         fresh = _fresh_returns(func)
-        if not any(fresh):
-            return out
-        values = out if len(fresh) > 1 else (out,)
-        for is_fresh, value in zip(fresh, values):
-            if not is_fresh:
-                continue
+        if fresh is None:
+            if isinstance(out, torch.Tensor):  # most ops: one new tensor
+                self._add(out.untyped_storage(), self.phase)
+                return out
+            values = (out,)
+        else:
+            values = [out[i] for i in fresh]
+        for value in values:
             if isinstance(value, torch.Tensor):
                 self._add(value.untyped_storage(), self.phase)
             elif isinstance(value, list | tuple):  # e.g. split's list of tensors
