@@ -22,6 +22,7 @@ from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.data import epoch_sizes
 from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
+from harness.memory.tracker import built_aside
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
@@ -189,7 +190,7 @@ class MethodContext:
         return sum(labels) if labels else None
 
     def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
-        return build_model(self.model, self.width * width, norm_layer)
+        return built_aside(lambda: build_model(self.model, self.width * width, norm_layer))
 
 
 @dataclass

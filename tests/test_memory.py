@@ -8,15 +8,18 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
+from harness.memory.tracker import MemoryReport, built_aside
 from harness.models import ModelSpec, build_model
 from harness.training import (
     Task,
     allocator_overhead,
+    build_tracked,
     make_optimizer,
     measure_task,
     measured_step,
@@ -147,6 +150,74 @@ def test_the_tracker_counts_every_new_output_and_no_view():
     assert view.untyped_storage() is x.untyped_storage() and same is x
     report = tracker.report()
     assert report.peak == 160 + 16 + 32 + 4 * 40 == report.categories["activations"]
+
+
+class WithTable(nn.Module):
+    """A module keeping a tensor as a plain attribute, neither parameter nor buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)  # 40 bytes
+        self.table = torch.arange(6.0)  # 24 bytes
+        self.scales = [torch.ones(2), torch.tensor(3.0)]  # 8 + 4 bytes
+
+
+class KeepsTeacher:
+    """A loss holding a model of its own: the client's state."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+
+    def __call__(self, model, x, y):
+        return F.cross_entropy(model(x), y)
+
+
+def dispatches(monkeypatch) -> list[str]:
+    seen, real = [], TensorTracker.__torch_dispatch__
+
+    def counted(self, func, types, args=(), kwargs=None):
+        seen.append(str(func))
+        return real(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(TensorTracker, "__torch_dispatch__", counted)
+    return seen
+
+
+def test_a_model_built_aside_counts_as_if_built_under_the_tracker(monkeypatch):
+    """Models are constructed with the tracker set aside while a task is built (their hundreds of
+    small ops would each pay a Python dispatch) and counted once made: the same report to the byte
+    as constructing them under the tracker, a kept teacher and its tensor attribute as state, the
+    blocks cut off a full model not at all."""
+    def build(construct) -> Task:
+        teacher = construct(WithTable)
+        full = construct(lambda: build_model(ModelSpec("cnn", 10, 1, 8)))
+        return Task(nn.Sequential(*full.blocks[:2]), KeepsTeacher(teacher))
+
+    def report(construct) -> MemoryReport:
+        tracker = TensorTracker()
+        task = build_tracked(tracker, lambda: build(construct))
+        assert task.loss.teacher is not None  # alive while its report is read
+        return tracker.report()
+
+    seen = dispatches(monkeypatch)
+    aside = report(built_aside)
+    assert seen == []
+    tracked = report(lambda make: make())
+    assert seen  # constructed under the tracker: every op dispatched
+    assert aside == tracked and aside.categories["state"] == 40 + 24 + 8 + 4
+    kept = build(lambda make: make()).model
+    assert aside.categories["parameters"] == sum(p.nbytes for p in kept.parameters())
+
+
+def test_a_model_built_during_a_step_is_tracked_op_by_op(monkeypatch):
+    """Outside a task's build the tracker is not set aside: transients of a construction in a step
+    would be part of its peak."""
+    seen = dispatches(monkeypatch)
+    tracker = TensorTracker()
+    with tracker:
+        kept = built_aside(WithTable)
+    assert seen and tracker.report().peak == 40 + 24 + 8 + 4
+    assert tracker.report().peak == sum(t.nbytes for t in (*kept.parameters(), kept.table, *kept.scales))
 
 
 def test_the_optimizer_state_exists_from_the_first_step():

@@ -4,10 +4,12 @@ A ``TorchDispatchMode`` sees every tensor an aten op returns; each new storage i
 released by a weak-reference callback when it dies. The client's task is built under the tracker, so
 whatever the task keeps besides its model (a copy of the global weights, a control variate, a
 teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
-the input batch are registered by name. Each storage carries the ticks of its birth and death on a
-clock that advances at every storage counted or freed, so the peak is one tick; the storages live
-at it are named once the step has finished and it is known which became gradients or optimizer
-state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
+the input batch are registered by name. The harness's models are constructed with the tracker set
+aside (``built_aside``: their many small ops are a third of a small client's dispatches) and their
+tensors counted once made, to the same byte. Each storage carries the ticks of its birth and death
+on a clock that advances at every storage counted or freed, so the peak is one tick; the storages
+live at it are named once the step has finished and it is known which became gradients or
+optimizer state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
 measurement count the very same tensors.
 
 Unlike torch's ``MemTracker`` it needs no hooks on parameters, so frozen blocks work.
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack, _pop_mode_temporarily
 
 # Ops whose output aliases a tensor made outside the dispatcher (``torch.tensor(...)``): new memory,
 # although their schema says alias. Other aliasing outputs (views, in-place results) are storages
@@ -31,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 FRESH_ALIASES = {torch.ops.aten.lift_fresh.default}
 PRUNE_SLACK = 4096  # storages the tracker holds, beyond twice those kept at the last pruning, before pruning again
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
+M = TypeVar("M", bound=nn.Module)
 PHASE_CATEGORY = {"build": "state", "forward": "activations", "backward": "other", "optimizer": "other",
                   "input": "other"}
 
@@ -170,6 +174,17 @@ class TensorTracker(TorchDispatchMode):
         for storage in _storages(model.buffers()):
             self._add(storage, "input", "buffers")
 
+    def count_module(self, module: nn.Module) -> None:
+        """Count a module made outside the tracker (``built_aside``) as new in the current phase:
+        its parameters, buffers and tensor attributes (also in a list, tuple or dict), which is
+        what a model's construction keeps."""
+        for m in module.modules():
+            for value in vars(m).values():  # parameters and buffers are in its ``_parameters``, ``_buffers`` dicts
+                if isinstance(value, dict):
+                    value = list(value.values())
+                for storage in _storages(value if isinstance(value, list | tuple) else [value]):
+                    self._add(storage, self.phase)
+
     def register_inputs(self, *tensors: torch.Tensor) -> None:
         for storage in _storages(tensors):
             self._add(storage, "input")
@@ -197,3 +212,18 @@ class TensorTracker(TorchDispatchMode):
             if info.live_at(self._peak_at):
                 categories[info.category] += info.nbytes
         return MemoryReport(self._peak, categories)
+
+
+def built_aside(build: Callable[[], M]) -> M:
+    """``build()``, a model's construction, with the innermost tracker set aside while a task is
+    built, and what the model keeps counted once it is made. Its hundreds of small ops (allocation,
+    initialisation, fills) would each pay a Python dispatch; what they leave is the model's own
+    tensors, and their transients are not a peak of training (``reset_peak`` follows the build)."""
+    stack = _get_current_dispatch_mode_stack()
+    tracker = stack[-1] if stack else None
+    if not isinstance(tracker, TensorTracker) or tracker.phase != "build":
+        return build()
+    with _pop_mode_temporarily():
+        module = build()
+    tracker.count_module(module)
+    return module
