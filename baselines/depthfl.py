@@ -32,6 +32,7 @@ from harness.methods import (
     GlobalModelMethod,
     TaskSpec,
     client_weights,
+    load_weights,
     register_method,
     weighted_average,
 )
@@ -196,7 +197,7 @@ class DepthFL(GlobalModelMethod):
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec, rnd)
         state = self.model.state_dict(keep_vars=True)
-        task.model.load_state_dict({k: state[k] for k in task.model.state_dict(keep_vars=True)})
+        load_weights(task.model, {k: state[k] for k in task.model.state_dict(keep_vars=True)})
         if task.loss.regularizer is not None:
             task.loss.regularizer.load(task.model, self.corrections.get(device.id, {}))
         return task

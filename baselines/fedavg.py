@@ -19,6 +19,7 @@ from harness.methods import (
     GlobalModelMethod,
     TaskSpec,
     client_weights,
+    load_weights,
     register_method,
     weighted_average,
 )
@@ -57,7 +58,7 @@ class FedAvg(GlobalModelMethod):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
-        task.model.load_state_dict(self.model.state_dict(keep_vars=True))  # copied from: no detached views to make
+        load_weights(task.model, self.model.state_dict(keep_vars=True))  # copied from: no detached views to make
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:

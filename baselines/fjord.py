@@ -27,7 +27,7 @@ from baselines.submodel import Shapes, twin_shapes
 from baselines.width import WidthMethod, WidthParams
 from harness.engine import derived_seed
 from harness.fleet import Device
-from harness.methods import Excluded, TaskSpec, register_method
+from harness.methods import Excluded, TaskSpec, load_weights, register_method
 from harness.models.base import NormLayer
 from harness.training import Task
 
@@ -142,9 +142,8 @@ class FjORD(WidthMethod):
 
     def width_model(self, rate: float) -> nn.Module:
         """The width-``rate`` model with its own statistics, cut out of the global model."""
-        model = self.ctx.build_model(rate, self.norm(rate))
-        model.load_state_dict(self.submodel(0, rate).extract(self.model.state_dict()))
-        return model
+        return load_weights(self.ctx.build_model(rate, self.norm(rate)),
+                            self.submodel(0, rate).extract(self.model.state_dict()))
 
     def eval_models(self) -> dict[str, nn.Module | None]:
         rates = [self.headline_rate, *(r for r in sorted(self.params.eval_rates, reverse=True)

@@ -15,7 +15,7 @@ import torch
 from baselines.norms import static_norm
 from baselines.submodel import Pick, SubModel, aggregate, leftmost, shapes_of, twin_shapes
 from harness.fleet import Device
-from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, client_weights
+from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, client_weights, load_weights
 from harness.models.base import NormLayer
 from harness.training import Task
 
@@ -65,7 +65,7 @@ class WidthMethod(GlobalModelMethod):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
-        task.model.load_state_dict(self.submodel(rnd, spec.value).extract(self.model.state_dict()))
+        load_weights(task.model, self.submodel(rnd, spec.value).extract(self.model.state_dict()))
         return task
 
     def held(self, rnd: int, result: ClientResult) -> tuple[SubModel, dict[str, torch.Tensor]]:

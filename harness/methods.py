@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -22,7 +22,7 @@ from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.data import epoch_sizes
 from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
-from harness.memory.tracker import built_aside
+from harness.memory.tracker import M, made_aside
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
@@ -169,6 +169,16 @@ class Estimator:
         return cost
 
 
+def load_weights(model: M, state: Mapping[str, torch.Tensor]) -> M:
+    """``model`` with ``state`` copied in (a client's copy of the server's weights), made aside from
+    the tracker of the task being built: copies in place allocate nothing, one dispatch each saved."""
+    def load() -> M:
+        model.load_state_dict(state)
+        return model
+
+    return made_aside(load)
+
+
 @dataclass
 class MethodContext:
     """What a method may know about the run it is part of."""
@@ -190,7 +200,7 @@ class MethodContext:
         return sum(labels) if labels else None
 
     def build_model(self, width: float = 1.0, norm_layer: NormLayer = nn.BatchNorm2d) -> BlockModel:
-        return built_aside(lambda: build_model(self.model, self.width * width, norm_layer))
+        return made_aside(lambda: build_model(self.model, self.width * width, norm_layer))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from harness.methods import (
     MethodContext,
     TaskSpec,
     client_weights,
+    load_weights,
     register_method,
     weighted_average,
 )
@@ -104,7 +105,7 @@ class NeuLite(Method):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
-        task.model.load_state_dict(self.stages[int(spec.value) - 1].state_dict(keep_vars=True))
+        load_weights(task.model, self.stages[int(spec.value) - 1].state_dict(keep_vars=True))
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:

@@ -14,7 +14,8 @@ from torch import nn
 from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
-from harness.memory.tracker import MemoryReport, built_aside
+from harness.memory.tracker import MemoryReport, made_aside
+from harness.methods import load_weights
 from harness.models import ModelSpec, build_model
 from harness.training import (
     Task,
@@ -183,30 +184,55 @@ def dispatches(monkeypatch) -> list[str]:
     return seen
 
 
-def test_a_model_built_aside_counts_as_if_built_under_the_tracker(monkeypatch):
+def built_report(build) -> MemoryReport:
+    """The tracker's report once ``build()``'s task is built, the task alive while it is read."""
+    tracker = TensorTracker()
+    task = build_tracked(tracker, build)
+    report = tracker.report()
+    del task
+    return report
+
+
+def test_a_model_made_aside_counts_as_if_built_under_the_tracker(monkeypatch):
     """Models are constructed with the tracker set aside while a task is built (their hundreds of
     small ops would each pay a Python dispatch) and counted once made: the same report to the byte
-    as constructing them under the tracker, a kept teacher and its tensor attribute as state, the
+    as constructing them under the tracker, a kept teacher and its tensor attributes as state, the
     blocks cut off a full model not at all."""
     def build(construct) -> Task:
         teacher = construct(WithTable)
         full = construct(lambda: build_model(ModelSpec("cnn", 10, 1, 8)))
         return Task(nn.Sequential(*full.blocks[:2]), KeepsTeacher(teacher))
 
-    def report(construct) -> MemoryReport:
-        tracker = TensorTracker()
-        task = build_tracked(tracker, lambda: build(construct))
-        assert task.loss.teacher is not None  # alive while its report is read
-        return tracker.report()
-
     seen = dispatches(monkeypatch)
-    aside = report(built_aside)
+    aside = built_report(lambda: build(made_aside))
     assert seen == []
-    tracked = report(lambda make: make())
+    tracked = built_report(lambda: build(lambda make: make()))
     assert seen  # constructed under the tracker: every op dispatched
     assert aside == tracked and aside.categories["state"] == 40 + 24 + 8 + 4
     kept = build(lambda make: make()).model
     assert aside.categories["parameters"] == sum(p.nbytes for p in kept.parameters())
+
+
+def test_weights_loaded_aside_count_as_if_loaded_under_the_tracker(monkeypatch):
+    """A client's copy of the server's weights is loaded with the tracker set aside: the same
+    report, the server's values."""
+    spec = ModelSpec("cnn", 10, 1, 8)
+    server = build_model(spec)
+    state = server.state_dict(keep_vars=True)
+
+    def loaded_under_the_tracker(model, weights):
+        model.load_state_dict(weights)
+        return model
+
+    def build(load) -> Task:
+        return Task(load(made_aside(lambda: build_model(spec)), state))
+
+    seen = dispatches(monkeypatch)
+    aside = built_report(lambda: build(load_weights))
+    assert seen == []
+    assert built_report(lambda: build(loaded_under_the_tracker)) == aside and seen
+    model = build(load_weights).model
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), server.state_dict().values()))
 
 
 def test_a_model_built_during_a_step_is_tracked_op_by_op(monkeypatch):
@@ -215,7 +241,7 @@ def test_a_model_built_during_a_step_is_tracked_op_by_op(monkeypatch):
     seen = dispatches(monkeypatch)
     tracker = TensorTracker()
     with tracker:
-        kept = built_aside(WithTable)
+        kept = made_aside(WithTable)
     assert seen and tracker.report().peak == 40 + 24 + 8 + 4
     assert tracker.report().peak == sum(t.nbytes for t in (*kept.parameters(), kept.table, *kept.scales))
 

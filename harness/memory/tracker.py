@@ -5,7 +5,7 @@ released by a weak-reference callback when it dies. The client's task is built u
 whatever the task keeps besides its model (a copy of the global weights, a control variate, a
 teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
 the input batch are registered by name. The harness's models are constructed with the tracker set
-aside (``built_aside``: their many small ops are a third of a small client's dispatches) and their
+aside (``made_aside``: their many small ops are a third of a small client's dispatches) and their
 tensors counted once made, to the same byte. Each storage carries the ticks of its birth and death
 on a clock that advances at every storage counted or freed, so the peak is one tick; the storages
 live at it are named once the step has finished and it is known which became gradients or
@@ -175,7 +175,7 @@ class TensorTracker(TorchDispatchMode):
             self._add(storage, "input", "buffers")
 
     def count_module(self, module: nn.Module) -> None:
-        """Count a module made outside the tracker (``built_aside``) as new in the current phase:
+        """Count a module made outside the tracker (``made_aside``) as new in the current phase:
         its parameters, buffers and tensor attributes (also in a list, tuple or dict), which is
         what a model's construction keeps."""
         for m in module.modules():
@@ -214,16 +214,17 @@ class TensorTracker(TorchDispatchMode):
         return MemoryReport(self._peak, categories)
 
 
-def built_aside(build: Callable[[], M]) -> M:
-    """``build()``, a model's construction, with the innermost tracker set aside while a task is
-    built, and what the model keeps counted once it is made. Its hundreds of small ops (allocation,
-    initialisation, fills) would each pay a Python dispatch; what they leave is the model's own
-    tensors, and their transients are not a peak of training (``reset_peak`` follows the build)."""
+def made_aside(make: Callable[[], M]) -> M:
+    """``make()``, a model's construction or a copy of weights into it, with the innermost tracker
+    set aside while a task is built, and the model it returns counted once made. Its many small ops
+    (allocation, initialisation, fills, copies) would each pay a Python dispatch; what they leave is
+    the model's own tensors, and their transients are not a peak of training (``reset_peak``
+    follows the build)."""
     stack = _get_current_dispatch_mode_stack()
     tracker = stack[-1] if stack else None
     if not isinstance(tracker, TensorTracker) or tracker.phase != "build":
-        return build()
+        return make()
     with _pop_mode_temporarily():
-        module = build()
+        module = make()
     tracker.count_module(module)
     return module
