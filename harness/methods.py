@@ -22,7 +22,7 @@ from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.data import epoch_sizes
 from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
-from harness.memory.tracker import M, made_aside
+from harness.memory.tracker import M, made_aside, tracker_aside
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
@@ -170,13 +170,11 @@ class Estimator:
 
 
 def load_weights(model: M, state: Mapping[str, torch.Tensor]) -> M:
-    """``model`` with ``state`` copied in (a client's copy of the server's weights), made aside from
-    the tracker of the task being built: copies in place allocate nothing, one dispatch each saved."""
-    def load() -> M:
+    """``model`` with ``state`` copied in (a client's copy of the server's weights), the tracker of
+    the task being built set aside: copies in place make no tensor, and each would pay a dispatch."""
+    with tracker_aside():
         model.load_state_dict(state)
-        return model
-
-    return made_aside(load)
+    return model
 
 
 @dataclass

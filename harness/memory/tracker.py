@@ -35,6 +35,7 @@ FRESH_ALIASES = {torch.ops.aten.lift_fresh.default}
 PRUNE_SLACK = 4096  # storages the tracker holds, beyond twice those kept at the last pruning, before pruning again
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
 M = TypeVar("M", bound=nn.Module)
+MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"_parameters", "_buffers"}  # what every module keeps, no tensor
 PHASE_CATEGORY = {"build": "state", "forward": "activations", "backward": "other", "optimizer": "other",
                   "input": "other"}
 
@@ -179,11 +180,15 @@ class TensorTracker(TorchDispatchMode):
         its parameters, buffers and tensor attributes (also in a list, tuple or dict), which is
         what a model's construction keeps."""
         for m in module.modules():
-            for value in vars(m).values():  # parameters and buffers are in its ``_parameters``, ``_buffers`` dicts
-                if isinstance(value, dict):
-                    value = list(value.values())
-                for storage in _storages(value if isinstance(value, list | tuple) else [value]):
-                    self._add(storage, self.phase)
+            held = vars(m)
+            for value in (*held["_parameters"].values(), *held["_buffers"].values(),
+                          *(held[k] for k in held.keys() - MODULE_INTERNALS)):
+                if isinstance(value, torch.Tensor):
+                    self._add(value.untyped_storage(), self.phase)
+                elif value and isinstance(value, dict | list | tuple):
+                    for t in value.values() if isinstance(value, dict) else value:
+                        if isinstance(t, torch.Tensor):
+                            self._add(t.untyped_storage(), self.phase)
 
     def register_inputs(self, *tensors: torch.Tensor) -> None:
         for storage in _storages(tensors):
@@ -214,17 +219,26 @@ class TensorTracker(TorchDispatchMode):
         return MemoryReport(self._peak, categories)
 
 
-def made_aside(make: Callable[[], M]) -> M:
-    """``make()``, a model's construction or a copy of weights into it, with the innermost tracker
-    set aside while a task is built, and the model it returns counted once made. Its many small ops
-    (allocation, initialisation, fills, copies) would each pay a Python dispatch; what they leave is
-    the model's own tensors, and their transients are not a peak of training (``reset_peak``
-    follows the build)."""
+@contextmanager
+def tracker_aside() -> Iterator[TensorTracker | None]:
+    """While a task is built, its tracker (the innermost mode) set aside and yielded, to count what
+    was made; elsewhere nothing is set aside and None is yielded."""
     stack = _get_current_dispatch_mode_stack()
     tracker = stack[-1] if stack else None
     if not isinstance(tracker, TensorTracker) or tracker.phase != "build":
-        return make()
+        yield None
+        return
     with _pop_mode_temporarily():
+        yield tracker
+
+
+def made_aside(make: Callable[[], M]) -> M:
+    """``make()``, a model's construction, with the tracker of the task being built set aside, and
+    the model counted once made. Its hundreds of small ops (allocation, initialisation, fills)
+    would each pay a Python dispatch; what they leave is the model's own tensors, and their
+    transients are not a peak of training (``reset_peak`` follows the build)."""
+    with tracker_aside() as tracker:
         module = make()
-    tracker.count_module(module)
+    if tracker is not None:
+        tracker.count_module(module)
     return module
