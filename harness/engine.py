@@ -77,7 +77,7 @@ def derived_seed(*parts: int) -> int:
 def seed_torch(seed: int, device: torch.device) -> None:
     """Seed torch's generators for work on ``device``. On a CPU only the CPU's: ``torch.manual_seed``
     also queues a seed for each accelerator not yet started, formatting a stack trace for each
-    (half a millisecond, paid by every client)."""
+    (0.12 ms here, paid by every client)."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)
     else:

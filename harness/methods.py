@@ -22,7 +22,7 @@ from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.data import epoch_sizes
 from harness.fleet import MB, Device
 from harness.memory import MemoryReport, TaskCost, estimate_task
-from harness.memory.tracker import M, made_aside, tracker_aside
+from harness.memory.tracker import ModuleT, made_aside, tracker_aside
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
 from harness.plugins import load_plugins
@@ -169,9 +169,10 @@ class Estimator:
         return cost
 
 
-def load_weights(model: M, state: Mapping[str, torch.Tensor]) -> M:
+def load_weights(model: ModuleT, state: Mapping[str, torch.Tensor]) -> ModuleT:
     """``model`` with ``state`` copied in (a client's copy of the server's weights), the tracker of
-    the task being built set aside: copies in place make no tensor, and each would pay a dispatch."""
+    the task being built set aside: copies into the model's existing tensors make none (nothing is
+    counted here; the task's model is registered once built), and each would pay a dispatch."""
     with tracker_aside():
         model.load_state_dict(state)
     return model

@@ -35,7 +35,7 @@ T = TypeVar("T")
 PARTS: tuple[tuple[str, Any, str, bool], ...] = (
     ("rounds: planning, aggregation, round records", Run, "round", False),
     ("estimates (the memory gate)", methods, "estimate_task", True),
-    ("clients: probes, optimizer, state copies", engine, "train_local", False),
+    ("clients: probes, optimizer, batches, state copies", engine, "train_local", False),
     ("clients: building each task under the tracker", training, "build_tracked", True),
     ("clients: measured steps", training, "measured_step", True),
     ("clients: untracked steps", training, "training_step", True),

@@ -141,26 +141,35 @@ def test_the_tracker_forgets_the_dead_but_not_the_peak(monkeypatch):
 def test_the_tracker_counts_every_new_output_and_no_view():
     """Ops of one new tensor, of several (values and indices), of a list of new tensors, and of
     views or in-place results (nothing new): each new storage is counted once, with its bytes."""
+    x = torch.ones(4, 10)  # made before: not the tracker's
     tracker = TensorTracker()
     with tracker:
-        x = torch.ones(4, 10)  # 160 bytes
         values, indices = torch.max(x, dim=1)  # 16 + 32 bytes
         pieces = torch.ops.aten.unbind_copy.int(x)  # four of 40 bytes
         view, same = x[1:], x.add_(1)  # nothing new
+        torch._foreach_add_([x], [x])  # returns nothing
+        total = x.sum().item()  # a number (its 4-byte sum is new, and dies)
     assert [t.untyped_storage().nbytes() for t in (values, indices, *pieces)] == [16, 32, 40, 40, 40, 40]
-    assert view.untyped_storage() is x.untyped_storage() and same is x
+    assert view.untyped_storage() is x.untyped_storage() and same is x and total == 160
     report = tracker.report()
-    assert report.peak == 160 + 16 + 32 + 4 * 40 == report.categories["activations"]
+    assert report.peak == 16 + 32 + 4 * 40 + 4 == report.categories["activations"]
 
 
 class WithTable(nn.Module):
-    """A module keeping a tensor as a plain attribute, neither parameter nor buffer."""
+    """A module keeping tensors as plain attributes, neither parameters nor buffers."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 2)  # 40 bytes
+        self.norm = nn.BatchNorm1d(2)  # 16 bytes of parameters, 24 of buffers
         self.table = torch.arange(6.0)  # 24 bytes
-        self.scales = [torch.ones(2), torch.tensor(3.0)]  # 8 + 4 bytes
+        self.scales = [torch.ones(2), {"bias": (torch.tensor(3.0),)}]  # 8 + 4 bytes
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.parameters(), *self.buffers(), self.table, self.scales[0], self.scales[1]["bias"][0]]
+
+
+HELD = 40 + 16 + 24 + 24 + 8 + 4  # a WithTable's bytes
 
 
 class KeepsTeacher:
@@ -208,7 +217,7 @@ def test_a_model_made_aside_counts_as_if_built_under_the_tracker(monkeypatch):
     assert seen == []
     tracked = built_report(lambda: build(lambda make: make()))
     assert seen  # constructed under the tracker: every op dispatched
-    assert aside == tracked and aside.categories["state"] == 40 + 24 + 8 + 4
+    assert aside == tracked and aside.categories["state"] == HELD
     kept = build(lambda make: make()).model
     assert aside.categories["parameters"] == sum(p.nbytes for p in kept.parameters())
 
@@ -242,8 +251,19 @@ def test_a_model_built_during_a_step_is_tracked_op_by_op(monkeypatch):
     tracker = TensorTracker()
     with tracker:
         kept = made_aside(WithTable)
-    assert seen and tracker.report().peak == 40 + 24 + 8 + 4
-    assert tracker.report().peak == sum(t.nbytes for t in (*kept.parameters(), kept.table, *kept.scales))
+    assert seen and tracker.report().peak == HELD == sum(t.nbytes for t in kept.tensors())
+
+
+def test_a_failed_construction_puts_the_tracker_back():
+    def broken() -> nn.Module:
+        raise ValueError("no such width")
+
+    tracker = TensorTracker()
+    with tracker, tracker.phase_of("build"):
+        with pytest.raises(ValueError, match="no such width"):
+            made_aside(broken)
+        kept = torch.ones(3)  # tracked again
+    assert tracker.report().peak == 12 and kept.nbytes == 12
 
 
 def test_the_optimizer_state_exists_from_the_first_step():

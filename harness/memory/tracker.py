@@ -5,8 +5,8 @@ released by a weak-reference callback when it dies. The client's task is built u
 whatever the task keeps besides its model (a copy of the global weights, a control variate, a
 teacher), however a method holds it, is counted as ``state``; the model's parameters and buffers and
 the input batch are registered by name. The harness's models are constructed with the tracker set
-aside (``made_aside``: their many small ops are a third of a small client's dispatches) and their
-tensors counted once made, to the same byte. Each storage carries the ticks of its birth and death
+aside (``made_aside``: their many small ops are a large share of a small client's dispatches) and
+their tensors counted once made. Each storage carries the ticks of its birth and death
 on a clock that advances at every storage counted or freed, so the peak is one tick; the storages
 live at it are named once the step has finished and it is known which became gradients or
 optimizer state. The same tracker runs under ``FakeTensorMode`` for the estimate, so estimate and
@@ -34,8 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 FRESH_ALIASES = {torch.ops.aten.lift_fresh.default}
 PRUNE_SLACK = 4096  # storages the tracker holds, beyond twice those kept at the last pruning, before pruning again
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
-M = TypeVar("M", bound=nn.Module)
-MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"_parameters", "_buffers"}  # what every module keeps, no tensor
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+MODULE_INTERNALS = frozenset(vars(nn.Module()))  # every module's; its _parameters and _buffers are read apart
 PHASE_CATEGORY = {"build": "state", "forward": "activations", "backward": "other", "optimizer": "other",
                   "input": "other"}
 
@@ -82,6 +82,15 @@ class _Ref(weakref.ref):
     """A weak reference to a counted storage that knows what was counted, for its death callback."""
 
     __slots__ = ("info",)
+
+
+def _tensors_in(value: object) -> list:
+    """The tensors in ``value``: itself, or those in nested lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict | list | tuple):
+        return [t for v in (value.values() if isinstance(value, dict) else value) for t in _tensors_in(v)]
+    return []
 
 
 def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[torch.UntypedStorage]:
@@ -177,18 +186,16 @@ class TensorTracker(TorchDispatchMode):
 
     def count_module(self, module: nn.Module) -> None:
         """Count a module made outside the tracker (``made_aside``) as new in the current phase:
-        its parameters, buffers and tensor attributes (also in a list, tuple or dict), which is
-        what a model's construction keeps."""
+        its parameters, buffers and tensor attributes (also in nested lists, tuples and dicts),
+        which is what a model's construction keeps. A tensor attribute counts wherever it was made
+        (a constant shared by every client included): the client's device would hold it."""
         for m in module.modules():
             held = vars(m)
-            for value in (*held["_parameters"].values(), *held["_buffers"].values(),
-                          *(held[k] for k in held.keys() - MODULE_INTERNALS)):
-                if isinstance(value, torch.Tensor):
-                    self._add(value.untyped_storage(), self.phase)
-                elif value and isinstance(value, dict | list | tuple):
-                    for t in value.values() if isinstance(value, dict) else value:
-                        if isinstance(t, torch.Tensor):
-                            self._add(t.untyped_storage(), self.phase)
+            for storage in _storages((*held["_parameters"].values(), *held["_buffers"].values())):
+                self._add(storage, self.phase)
+            for key in held.keys() - MODULE_INTERNALS:
+                for storage in _storages(_tensors_in(held[key])):
+                    self._add(storage, self.phase)
 
     def register_inputs(self, *tensors: torch.Tensor) -> None:
         for storage in _storages(tensors):
@@ -232,7 +239,7 @@ def tracker_aside() -> Iterator[TensorTracker | None]:
         yield tracker
 
 
-def made_aside(make: Callable[[], M]) -> M:
+def made_aside(make: Callable[[], ModuleT]) -> ModuleT:
     """``make()``, a model's construction, with the tracker of the task being built set aside, and
     the model counted once made. Its hundreds of small ops (allocation, initialisation, fills)
     would each pay a Python dispatch; what they leave is the model's own tensors, and their
