@@ -58,7 +58,7 @@ class FedAvg(GlobalModelMethod):
 
     def client_task(self, rnd: int, device: Device, spec: TaskSpec) -> Task:
         task = self.build_task(spec)
-        load_weights(task.model, self.model.state_dict(keep_vars=True))  # copied from: no detached views to make
+        load_weights(task.model, self.model.state_dict(keep_vars=True))  # the server's tensors, no view made of each
         return task
 
     def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
