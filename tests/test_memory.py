@@ -315,6 +315,42 @@ def test_rss_source_reports_a_reset_high_water_mark():
     assert 60 * 2**20 <= rss["delta"] <= 200 * 2**20 and rss["peak"] == rss["start"] + rss["delta"]
 
 
+def _status_bytes(field: str) -> int:
+    line = next(row for row in open("/proc/self/status").read().splitlines() if row.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def test_rss_readings_are_the_status_files_vmrss_and_vmhwm():
+    """The source reads the RSS from statm; what it reads must be the status file's numbers, in bytes."""
+    if not sources.rss_supported():
+        pytest.skip("the rss source needs Linux /proc/self/clear_refs")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB (mmapped) touched, then freed: a mark above the RSS
+    del block
+    before = _status_bytes("VmHWM")
+    assert before <= sources.rss_peak() <= _status_bytes("VmHWM")
+    now = sources.reset_rss_peak()
+    assert abs(now - _status_bytes("VmRSS")) <= 2**20
+    assert sources.rss_peak() < before - 32 * 2**20  # the freed block is no longer the mark
+
+
+RESET_PROBE = """
+from harness.memory import sources
+now = sources.reset_rss_peak()
+print(sources.rss_peak() - now)
+"""
+
+
+def test_a_spawned_process_mark_is_its_own_after_a_reset():
+    """A process started by exec (a Ray worker, a measuring subprocess) must not inherit its
+    parent's mark, as getrusage's ``ru_maxrss`` does."""
+    if not sources.rss_supported():
+        pytest.skip("the rss source needs Linux /proc/self/clear_refs")
+    block = torch.ones(256 * 2**20 // 4)  # the parent's mark well above the child's RSS
+    out = subprocess.run([sys.executable, "-c", RESET_PROBE], capture_output=True, text=True, check=True)
+    del block
+    assert int(out.stdout) < 16 * 2**20
+
+
 def test_cuda_and_nvml_sources_are_absent_not_zero_on_cpu():
     records = sources.start_probes(CPU, rss=False).records()
     assert "cuda" not in records and "nvml" not in records and "rss" not in records

@@ -7,37 +7,53 @@ record, never written as zero.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-STATUS = Path("/proc/self/status")
-CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = "/proc/self/status"
+STATM = "/proc/self/statm"
+CLEAR_REFS = "/proc/self/clear_refs"
 
 
-def _status_kib(field: str) -> int:
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+# The rss source runs twice for each client: procfs is read and written through bare descriptors,
+# since Python's file objects cost several times the kernel's own work here.
+def _read_proc(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
+def _write_proc(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
 def rss_supported() -> bool:
-    return sys.platform.startswith("linux") and STATUS.exists() and CLEAR_REFS.exists()
+    return sys.platform.startswith("linux") and all(map(os.path.exists, (STATUS, STATM, CLEAR_REFS)))
 
 
 def reset_rss_peak() -> int:
     """Reset the process's RSS high-water mark (Linux ``clear_refs`` 5); return current RSS bytes."""
-    CLEAR_REFS.write_text("5")
-    return _status_kib("VmRSS") * 1024
+    _write_proc(CLEAR_REFS, b"5")
+    return int(_read_proc(STATM).split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_peak() -> int:
-    return _status_kib("VmHWM") * 1024
+    """The high-water mark since the reset (VmHWM). Not ``getrusage``'s ``ru_maxrss``, which keeps
+    the mark of the image a process was exec'd from (a spawned worker's parent) past any reset."""
+    line = next(row for row in _read_proc(STATUS).splitlines() if row.startswith(b"VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 NVML_INTERVAL_S = 0.005  # how often the NVML sampler reads the GPU's memory in use
