@@ -43,9 +43,12 @@ def rss_supported() -> bool:
     return sys.platform.startswith("linux") and all(map(os.path.exists, (STATUS, STATM, CLEAR_REFS)))
 
 
-def reset_rss_peak() -> int:
-    """Reset the process's RSS high-water mark (Linux ``clear_refs`` 5); return current RSS bytes."""
+def reset_rss_peak() -> None:
+    """Reset the process's RSS high-water mark to its RSS now (Linux ``clear_refs`` 5)."""
     _write_proc(CLEAR_REFS, b"5")
+
+
+def rss_now() -> int:
     return int(_read_proc(STATM).split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -133,7 +136,10 @@ class Probes:
     def __init__(self, device: torch.device, rss: bool) -> None:
         self.device = device
         self._records: dict[str, dict[str, int]] | None = None
-        self._rss_start = reset_rss_peak() if rss and rss_supported() else None
+        self._rss_start: int | None = None
+        if rss and rss_supported():
+            reset_rss_peak()
+            self._rss_start = rss_now()
         nvml = nvml_for(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
