@@ -24,8 +24,11 @@ CLEAR_REFS = "/proc/self/clear_refs"
 # since Python's file objects cost several times the kernel's own work here.
 def _read_proc(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 4096)
+    try:  # to the end: a long Groups line can push the status file's VmHWM past any fixed size
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
