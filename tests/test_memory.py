@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,7 +318,8 @@ def test_rss_source_reports_a_reset_high_water_mark():
 
 
 def _status_bytes(field: str) -> int:
-    line = next(row for row in open("/proc/self/status").read().splitlines() if row.startswith(field + ":"))
+    status = Path("/proc/self/status").read_text()
+    line = next(row for row in status.splitlines() if row.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
 
@@ -339,7 +341,7 @@ def test_rss_readings_do_not_depend_on_how_the_kernel_splits_a_read(monkeypatch)
     if not sources.rss_supported():
         pytest.skip("the rss source needs Linux /proc/self/clear_refs")
     read = os.read
-    monkeypatch.setattr(sources.os, "read", lambda fd, n: read(fd, min(n, 64)))
+    monkeypatch.setattr(os, "read", lambda fd, n: read(fd, min(n, 64)))
     before = _status_bytes("VmHWM")
     assert before <= sources.rss_peak() <= _status_bytes("VmHWM")
     assert sources.rss_now() > 0
