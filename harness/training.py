@@ -231,7 +231,7 @@ def measure_steps(build: Callable[[], Task], batches: Iterable[tuple[torch.Tenso
     optimizer = start_training(tracker, task, cfg)
     for x, y in batches:  # each loss dropped at once, as in training
         measured_step(tracker, task, optimizer, x, y)
-    return tracker.report()
+    return tracker.close()
 
 
 def measure_task(build: Callable[[], Task], x: torch.Tensor, y: torch.Tensor, cfg: OptimizerConfig,
@@ -297,7 +297,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         if batches.device.type == "cuda":
             torch.cuda.synchronize(batches.device)
         train_time = time.perf_counter() - start
-        tensor = tracker.report()
+        tensor = tracker.close()
     finally:  # an error (a NaN loss, out of memory) must not leave the sampler running
         probes.stop()
     memory = {"tensor": tensor.to_record(), **probes.records(tensor.peak)}

@@ -1,11 +1,13 @@
 """The memory sources: the tensor tracker is exact, the estimate equals it, and the others behave."""
 
 import copy
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -290,6 +292,26 @@ def test_momentum_made_with_the_optimizer_trains_exactly_as_sgds_own():
         training_step(Task(plain), theirs, x, y)
     for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_clients_tracker_is_freed_when_training_ends(monkeypatch):
+    """Its weak references' callbacks make a tracker a reference cycle; closed, it goes with its last
+    reference (not at some later garbage collection), and storages freed later call none of them."""
+    make_optimizer(nn.Linear(2, 2), OPT)  # the first optimizer imports Dynamo, which keeps its caller's frames
+    trackers, frees = [], []
+    init, free = TensorTracker.__init__, TensorTracker._free
+    monkeypatch.setattr(TensorTracker, "__init__", lambda self: (init(self), trackers.append(weakref.ref(self)))[0])
+    monkeypatch.setattr(TensorTracker, "_free", lambda self, ref: (frees.append(1), free(self, ref))[1])
+    batches = Batches(random_bundle(64, (1, 8, 8)), torch.arange(64), 32, CPU)
+    gc.disable()
+    try:
+        result = train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 1, OPT, 1, measure_rss=False)
+        during = len(frees)
+        del result
+        assert len(trackers) == 1 and trackers[0]() is None
+        assert len(frees) == during  # the model, its gradients and momentum died with no callback
+    finally:
+        gc.enable()
 
 
 def test_only_the_measured_steps_are_tracked():

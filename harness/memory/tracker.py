@@ -225,6 +225,14 @@ class TensorTracker(TorchDispatchMode):
                 categories[info.category] += info.nbytes
         return MemoryReport(self._peak, categories)
 
+    def close(self) -> MemoryReport:
+        """The final report. The weak references are dropped, so storages freed later (the client's
+        model, its gradients) call nothing, and the tracker, a reference cycle through their
+        callbacks, is freed with its last reference instead of at the next garbage collection."""
+        self._live.clear()
+        self._on_death = None
+        return self.report()
+
 
 @contextmanager
 def tracker_aside() -> Iterator[TensorTracker | None]:
