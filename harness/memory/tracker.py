@@ -100,7 +100,7 @@ def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[torch.UntypedStorage]
 
 
 class TensorTracker(TorchDispatchMode):
-    """Use as a context around training steps; read ``report()`` afterwards."""
+    """Use as a context around training steps; read ``report()`` afterwards, ``close()`` when done."""
 
     def __init__(self) -> None:
         super().__init__()
