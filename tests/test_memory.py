@@ -298,18 +298,31 @@ def test_a_clients_tracker_is_freed_when_training_ends(monkeypatch):
     """Its weak references' callbacks make a tracker a reference cycle; closed, it goes with its last
     reference (not at some later garbage collection), and storages freed later call none of them."""
     make_optimizer(nn.Linear(2, 2), OPT)  # the first optimizer imports Dynamo, which keeps its caller's frames
-    trackers, frees = [], []
-    init, free = TensorTracker.__init__, TensorTracker._free
-    monkeypatch.setattr(TensorTracker, "__init__", lambda self: (init(self), trackers.append(weakref.ref(self)))[0])
-    monkeypatch.setattr(TensorTracker, "_free", lambda self, ref: (frees.append(1), free(self, ref))[1])
+    trackers, frees, at_close = [], [], []
+    init, free, close = TensorTracker.__init__, TensorTracker._free, TensorTracker.close
+
+    def tracked_init(self):
+        init(self)
+        trackers.append(weakref.ref(self))
+
+    def counted_free(self, ref):
+        frees.append(ref)
+        free(self, ref)
+
+    def counted_close(self):
+        report = close(self)
+        at_close.append(len(frees))
+        return report
+
+    monkeypatch.setattr(TensorTracker, "__init__", tracked_init)
+    monkeypatch.setattr(TensorTracker, "_free", counted_free)
+    monkeypatch.setattr(TensorTracker, "close", counted_close)
     batches = Batches(random_bundle(64, (1, 8, 8)), torch.arange(64), 32, CPU)
     gc.disable()
     try:
-        result = train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 1, OPT, 1, measure_rss=False)
-        during = len(frees)
-        del result
+        train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 1, OPT, 1, measure_rss=False)
         assert len(trackers) == 1 and trackers[0]() is None
-        assert len(frees) == during  # the model, its gradients and momentum died with no callback
+        assert at_close == [len(frees)]  # the model, its gradients and momentum died after: no callback
     finally:
         gc.enable()
 
