@@ -178,7 +178,19 @@ def test_label_split_averages_a_classifier_row_over_the_clients_that_hold_its_cl
 
 
 def test_fedrolex_evaluates_with_batch_statistics_heterofl_with_gathered_ones():
-    assert method("fedrolex").params.global_bn_stats is False and method("heterofl").params.global_bn_stats
+    """In evaluation, FedRolex's output for a sample depends on the rest of its test batch (each
+    batch's own BN statistics); HeteroFL's, once its statistics are gathered, does not."""
+    x = torch.randn(8, *SHAPE)
+
+    def depends_on_the_batch(model: torch.nn.Module) -> bool:
+        model.eval()
+        with torch.no_grad():
+            return not torch.allclose(model(x)[:4], model(x[:4]), atol=1e-6)
+
+    assert depends_on_the_batch(method("fedrolex").eval_models()["global"])
+    heterofl = method("heterofl")
+    heterofl.calibrate([(x, torch.zeros(8, dtype=torch.long))])
+    assert not depends_on_the_batch(heterofl.eval_models()["global"])
     assert method("heterofl").params.masked_ce and method("fedrolex").params.label_split
 
 

@@ -86,9 +86,16 @@ def test_impossible_partitions_say_why():
 def test_batches_normalise_shuffle_and_cover():
     data = load_data(DataConfig(name="synthetic"))
     idx = torch.arange(50)
-    batches = Batches(data, idx, 16, torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    seen = torch.cat([y for _, y in batches])
-    assert len(batches) == 4 and sorted(seen.tolist()) == sorted(data.train_y[idx].tolist())
+    def samples(seed: int | None) -> torch.Tensor:
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        batches = Batches(data, idx, 16, torch.device("cpu"), generator=generator)
+        assert len(batches) == 4
+        return torch.cat([x.flatten(1) for x, _ in batches])
+
+    shuffled, given = samples(0), samples(None)  # without a generator: the order given
+    assert torch.equal(shuffled, samples(0)) and not torch.equal(shuffled, given)
+    same = (shuffled[:, None] == given[None]).all(-1)  # each epoch holds every sample once
+    assert same.sum(0).eq(1).all() and same.sum(1).eq(1).all()
     x, _ = next(iter(Batches(data, torch.arange(len(data.train_y)), 2000, torch.device("cpu"))))
     assert x.dtype == torch.float32 and abs(x.mean().item()) < 0.01 and abs(x.std().item() - 1) < 0.01
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import tiny_suite
 from torch import nn
 
@@ -13,10 +14,11 @@ from harness.devicetime import client_time, round_device_time
 from harness.engine import run_suite
 from harness.fleet import GFLOPS, MBITS, Device
 from harness.memory import TaskCost, estimate_task
+from harness.memory.estimate import FlopCounter
 from harness.methods import TaskSpec
-from harness.training import Task
+from harness.training import Task, make_optimizer, training_step
 
-from helpers import context, method
+from helpers import SHAPE, UNLIMITED, method
 
 
 def test_flops_of_a_training_step_counted_by_hand():
@@ -43,13 +45,24 @@ def test_client_and_round_time():
 
 
 def test_fjord_counts_the_expected_flops_of_its_sampled_widths():
-    m = method("fjord")
-    per_width = {p: m.cost(TaskSpec("width", p)).flops_per_sample for p in (0.6, 0.4, 0.2)}
-    assert m.flops_per_sample(TaskSpec("width", 0.6)) == pytest.approx(sum(per_width.values()) / 3)
-    kd = method("fjord", context(), distill=True)
-    teacher_and_student = {p: kd.cost(TaskSpec("width", p)).flops_per_sample for p in (0.6, 0.4, 0.2)}
-    expected = teacher_and_student[0.6] / 2 + sum(teacher_and_student.values()) / 2 / 3
-    assert kd.flops_per_sample(TaskSpec("width", 0.6)) == pytest.approx(expected)
+    """A client's step draws p uniformly from the widths allowed (with ``distill``, after a p_max
+    teacher pass): the expected FLOPs are the mean of those counted in a real step at each p."""
+
+    def counted(m, p: float) -> float:
+        task = m.client_task(1, UNLIMITED, TaskSpec("width", 0.6))
+        task.loss.sample = lambda: p
+        optimizer = make_optimizer(task.model, m.ctx.estimator.optimizer)
+        with FlopCounter() as counter:
+            training_step(task, optimizer, torch.randn(8, *SHAPE), torch.randint(0, 10, (8,)))
+        return counter.total / 8
+
+    steps = {}
+    for distill in (False, True):
+        m = method("fjord", distill=distill)
+        steps[distill] = [counted(m, p) for p in m.allowed(0.6)]
+        assert len(steps[distill]) == 3
+        assert m.flops_per_sample(TaskSpec("width", 0.6)) == pytest.approx(sum(steps[distill]) / 3, rel=1e-9)
+    assert all(kd > plain for kd, plain in zip(steps[True], steps[False], strict=True))  # the teacher's pass
 
 
 def lines(path):
@@ -78,6 +91,15 @@ def test_records_carry_device_time_and_a_deadline_drops_stragglers(tmp_path, qui
         assert r["device_time"] == (30.0 if dropped else max(c["device_time"] for c in trained
                                                              if c["round"] == r["round"]))
     assert rounds[1]["device_wall_time"] == pytest.approx(rounds[0]["device_time"] + rounds[1]["device_time"])
+
+
+def test_a_deadline_every_client_meets_leaves_the_round_as_long_as_its_slowest(tmp_path, quiet):
+    cfg = tiny_suite(rounds=1, deadline_s=1e6, fleet={"high_mb": 20.0, "low_mb": 10.0, "gflops": [0.001, 50.0]})
+    run = run_suite(cfg, tmp_path, log=quiet) / "fedavg-seed0"
+    (record,), clients = lines(run / "rounds.jsonl"), lines(run / "clients.jsonl")
+    times = [c["device_time"] for c in clients if c["status"] == "trained"]
+    assert record["stragglers"] == 0 and len(times) == record["participated"] > 0
+    assert record["device_time"] == max(times) < 1e6
 
 
 def test_a_device_that_fits_no_task_records_the_smallest_one(tmp_path, quiet):

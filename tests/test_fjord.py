@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -122,13 +123,23 @@ def test_p_is_sampled_per_step_deterministically_up_to_the_clients_maximum():
     assert draws[0] == draws[1] and set(draws[0]) == {0.6, 0.4, 0.2}
 
 
-def test_the_estimate_covers_every_sampled_step():
-    m = method("fjord", distill=True)
+@pytest.mark.parametrize("distill", [False, True])
+def test_the_estimate_is_the_peak_of_every_width_a_step_can_draw(distill):
+    """Each step draws its width; the estimate is the widest one's peak, measured to the byte."""
+    m = method("fjord", distill=distill)
     spec = TaskSpec("width", 0.8)
     x, y = torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))
-    measured = measure_task(lambda: m.client_task(2, UNLIMITED, spec), x, y, m.ctx.estimator.optimizer, 2)
-    assert m.estimate(spec).peak >= measured.peak
-    assert isinstance(m.build_task(spec), Task)
+
+    def peak_at(p: float) -> int:
+        def build() -> Task:
+            task = m.client_task(2, UNLIMITED, spec)
+            task.loss.sample = lambda: p
+            return task
+        return measure_task(build, x, y, m.ctx.estimator.optimizer, 2).peak
+
+    peaks = {p: peak_at(p) for p in m.allowed(spec.value)}
+    assert list(peaks) == [0.8, 0.6, 0.4, 0.2]
+    assert m.estimate(spec).peak == max(peaks.values()) == peaks[0.8] > peaks[0.2]
 
 
 def test_no_central_pass_over_the_training_data():

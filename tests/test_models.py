@@ -56,8 +56,8 @@ def test_width_twins_scale_every_layer_with_ceil(width):
     full = build_model(CIFAR)
     twin = build_model(CIFAR, width)
     assert [b.out_channels for b in twin.block_info] == [scaled(b.out_channels, width) for b in full.block_info]
-    for (name, p), (_, q) in zip(full.named_parameters(), twin.named_parameters()):
-        assert all(b <= a for a, b in zip(p.shape, q.shape)), name
+    for (name, p), (_, q) in zip(full.named_parameters(), twin.named_parameters(), strict=True):
+        assert all(b <= a for a, b in zip(p.shape, q.shape, strict=True)), name
     assert twin.block_info[0].in_channels == 3 and twin.head.fc.out_features == 10
     assert params(twin) < params(full) * width
 

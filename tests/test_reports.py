@@ -308,11 +308,11 @@ def test_memory_by_method_shows_peaks_task_ranges_and_who_fits(suite, styles):
 
 def test_participation_is_the_share_of_the_fleet(suite, styles):
     fits_ax, took_part_ax = figures.participation(suite.rounds, suite.clients, styles).axes
-    for ax, count in ((fits_ax, lambda lb, r: len(fits(lb, 0, r))),
-                      (took_part_ax, lambda lb, r: len(trained_devices(lb, 0, r)))):
+    for ax, count in ((fits_ax, lambda lb, seed, r: len(fits(lb, seed, r))),
+                      (took_part_ax, lambda lb, seed, r: len(trained_devices(lb, seed, r)))):
         for label in ("fedavg", "heterofl", "neulite"):
             line = next(line for line in ax.get_lines() if line.get_label() == styles[label]["name"])
-            counts = [(count(label, r) + count(label, r)) / 2 for r in range(1, 6)]
+            counts = [(count(label, 0, r) + count(label, 1, r)) / 2 for r in range(1, 6)]
             assert line.get_ydata() == pytest.approx([c / 4 for c in counts])
     fedavg = styles["fedavg"]["name"]  # trains three devices a round, but the task fits only two
     assert next(line for line in fits_ax.get_lines() if line.get_label() == fedavg).get_ydata() == pytest.approx(
@@ -321,6 +321,20 @@ def test_participation_is_the_share_of_the_fleet(suite, styles):
         [0.75] * 5)
     shared = [t.get_text() for t in took_part_ax.texts if t.get_gid() == "shared end"]
     assert shared == ["fedavg (over budget), heterofl, neulite"]  # all end at 75%: lines hide each other, so named
+
+
+def test_participation_is_the_mean_over_seeds_round_by_round():
+    """Two seeds whose fleets fit and train differently: each line is their mean, round by round."""
+    rounds = pd.DataFrame({"label": "fedavg", "seed": [0, 0, 1, 1], "round": [1, 2, 1, 2], "devices": 4,
+                           "participated": [1, 2, 3, 4]})
+    fitting = {(0, 1): 1, (0, 2): 2, (1, 1): 4, (1, 2): 3}  # (seed, round): devices whose budget covers the task
+    clients = pd.DataFrame([{"label": "fedavg", "seed": seed, "round": r, "budget": 10 * MB,
+                             "estimate.peak": (MB if d < n else 20 * MB)}
+                            for (seed, r), n in fitting.items() for d in range(4)])
+    styles = {"fedavg": {**method_styles({"fedavg": "fedavg"})["fedavg"], "name": "fedavg"}}
+    fits_ax, took_part_ax = figures.participation(rounds, clients, styles).axes
+    assert fits_ax.get_lines()[0].get_ydata() == pytest.approx([(1 + 4) / 8, (2 + 3) / 8])
+    assert took_part_ax.get_lines()[0].get_ydata() == pytest.approx([(1 + 3) / 8, (2 + 4) / 8])
 
 
 def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, styles):
@@ -509,8 +523,9 @@ def test_cli_main(suite_dir, tmp_path, capsys):
     assert "Device time to 73% (s)" in (tmp_path / "out" / "summary.md").read_text()
     assert main([str(tmp_path / "missing")]) == 2
     assert "is not a folder of suite records" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         main([str(suite_dir), "--target", "90"])
+    assert refused.value.code == 2 and "--target must be a fraction in (0, 1]" in capsys.readouterr().err
 
 
 def test_python_m_reports_imports_no_training_code(suite_dir, tmp_path):
