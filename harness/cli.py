@@ -118,7 +118,7 @@ def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
 
 def memory_table(args: argparse.Namespace) -> MemoryTable:
     if (args.model is None) == (args.suite is None):
-        raise ConfigError("memory: give a model (e.g. resnet18) or --suite FILE, not both")
+        raise ConfigError("memory: give one of a model (e.g. resnet18) and --suite FILE")
     if args.set and args.suite is None:
         raise ConfigError("memory: --set applies to --suite only")
     device = resolve_device(args.device)

@@ -304,7 +304,11 @@ class Run:
                                  "continue it, or choose another --out")
         self.check_same_config()
         checkpoint = self.writer.load_checkpoint()
-        self.writer.check_whole(0 if checkpoint is None else checkpoint["round"], len(self.fleet))
+        done = 0 if checkpoint is None else checkpoint["round"]
+        if done > self.cfg.rounds:
+            raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: it has {done} "
+                              "rounds recorded; a resume may add rounds, never drop them")
+        self.writer.check_whole(done, len(self.fleet))
         return checkpoint
 
     def execute(self, resume: bool) -> None:

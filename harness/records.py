@@ -109,15 +109,16 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete records only: a torn line (a killed writer), or one that is not a record of a
-    round, is skipped, and reads as missing where it matters."""
+    """Complete records only: a torn line (a killed writer; cut inside a character, or foreign
+    bytes, it is not even text), or one that is not a record of a round, is skipped, and reads as
+    missing where it matters."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(row, dict) and isinstance(row.get("round"), int):
             rows.append(row)

@@ -157,12 +157,16 @@ def load_suite(path: str | Path) -> Suite:
         rounds += run_rounds
         clients += [{**c, **identity}
                     for c in read_jsonl(folder / "clients.jsonl", notes, f"{run['dir']}/clients.jsonl")]
-        expected = (manifest.get("config") or info.get("config") or {}).get("rounds")
+        # the suite's rounds (suite.json: its last start or resume), else those the run started with
+        expected = (info.get("config") or manifest.get("config") or {}).get("rounds")
         recorded = len({r.get("round") for r in run_rounds})
         if expected and recorded < expected:
             notes.append(f"{name}: {recorded} of {expected} rounds recorded (still running or stopped)")
     if not runs:
-        raise ReportError(f"{path} holds no run records (no suite.json runs, no run folders)")
+        suites = sorted(p.name for p in path.iterdir() if (p / "suite.json").is_file())
+        hint = f"; its suite folders: {', '.join(suites)} (give one of those)" if suites else ""
+        raise ReportError(f"{path} holds no run records (no suite.json listing runs, no folder with a "
+                          f"manifest or record lines){hint}")
     fleet = pd.DataFrame([{"suite": suite_name, **d} for d in fleets], columns=list(FLEET_COLUMNS))
     return Suite(
         path=path,

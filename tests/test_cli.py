@@ -160,9 +160,9 @@ def test_the_cifar10_suite_in_its_smallest_form(cifar_root, tmp_path, capsys):
 
 
 def test_memory_takes_a_model_or_a_suite(capsys):
-    assert main(["memory"]) == 2
-    assert "give a model" in capsys.readouterr().err
-    assert main(["memory", "cnn", "--suite", "suites/quick.toml"]) == 2
+    for neither_or_both in ([], ["cnn", "--suite", "suites/quick.toml"]):
+        assert main(["memory", *neither_or_both]) == 2
+        assert "give one of a model (e.g. resnet18) and --suite FILE" in capsys.readouterr().err
     assert main(["memory", "cnn", "--set", "rounds=1"]) == 2
     assert "--suite only" in capsys.readouterr().err
 

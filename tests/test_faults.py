@@ -237,6 +237,7 @@ def test_a_resume_with_other_seeds_keeps_the_finished_ones(tmp_path, quiet):
     ("deleted rounds", r"round lines 1, 2, 3 in rounds.jsonl"),
     ("deleted clients", r"client lines of rounds 1, 2, 3 in clients.jsonl"),
     ("foreign round line", r"round lines 2 in rounds.jsonl"),
+    ("undecodable round line", r"round lines 2 in rounds.jsonl"),
 ])
 def test_records_missing_below_the_checkpoint_refuse_the_resume(tmp_path, quiet, damage, message):
     run_suite(tiny_suite(rounds=3), tmp_path, log=quiet)
@@ -249,11 +250,54 @@ def test_records_missing_below_the_checkpoint_refuse_the_resume(tmp_path, quiet,
         lines = (run / "rounds.jsonl").read_text().splitlines(True)
         lines[1] = "[1]\n"
         (run / "rounds.jsonl").write_text("".join(lines))
+    elif damage == "undecodable round line":
+        lines = (run / "rounds.jsonl").read_bytes().splitlines(True)
+        lines[1] = b"\xff\xfe\x00" + lines[1][3:]
+        (run / "rounds.jsonl").write_bytes(b"".join(lines))
     else:
         (run / ("rounds.jsonl" if damage == "deleted rounds" else "clients.jsonl")).unlink()
     with pytest.raises(RecordsError, match=message + " are missing or torn"):
         run_suite(tiny_suite(rounds=4), tmp_path, resume=True, log=quiet)
     assert len(read_jsonl(run / "clients.jsonl")) in (0, 18)  # nothing rewritten
+
+
+def test_bytes_past_the_checkpoint_that_are_not_text_are_dropped_by_a_resume(tmp_path, quiet):
+    """A write cut inside a character (or foreign bytes) after the last complete round is a torn
+    line like any other: the resume drops it and goes on."""
+    run_suite(tiny_suite(rounds=2), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    before = records(run)
+    for name in ("rounds.jsonl", "clients.jsonl"):
+        with open(run / name, "ab") as f:
+            f.write(b'{"round": 3, "label": "\xc3')
+    run_suite(tiny_suite(rounds=3), tmp_path, resume=True, log=quiet)
+    rounds, clients = records(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3] and (rounds[:2], clients[:12]) == before
+    assert b"\xc3" not in (run / "rounds.jsonl").read_bytes() + (run / "clients.jsonl").read_bytes()
+
+
+def test_a_resume_with_fewer_rounds_than_recorded_is_refused(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=3), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    before = records(run), (tmp_path / "tiny" / "suite.json").read_text()
+    with pytest.raises(ConfigError, match="with rounds = 2: it has 3 rounds recorded; a resume may add rounds"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert (records(run), (tmp_path / "tiny" / "suite.json").read_text()) == before
+
+
+def test_a_resume_that_adds_rounds_and_stops_short_reads_as_stopped(tmp_path, quiet):
+    """The run's manifest keeps the rounds it started with; the report holds it to the suite's."""
+    from reports.load import load_suite
+
+    run_suite(tiny_suite(rounds=2), tmp_path, log=quiet)
+
+    def stop_after_round_3(line: str) -> None:
+        if " round 3/" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(tiny_suite(rounds=4), tmp_path, resume=True, log=stop_after_round_3)
+    assert "fedavg seed 0: 3 of 4 rounds recorded (still running or stopped)" in load_suite(tmp_path / "tiny").notes
 
 
 def test_a_deleted_checkpoint_does_not_drop_the_finished_rounds(tmp_path, quiet):

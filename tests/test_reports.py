@@ -511,7 +511,12 @@ def test_stale_stage_figures_are_removed(tmp_path):
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ReportError, match="holds no run records"):
+    with pytest.raises(ReportError, match="holds no run records") as empty:
+        load_suite(tmp_path)
+    assert "suite folders" not in str(empty.value)
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "suite.json").write_text("{}")  # given --out, where the suite's folder is
+    with pytest.raises(ReportError, match=r"its suite folders: quick \(give one of those\)"):
         load_suite(tmp_path)
 
 
