@@ -5,10 +5,10 @@ back from the artists and the caller decides where to save."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
-import matplotlib.transforms as transforms
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -21,7 +21,16 @@ from reports.style import CATEGORY_COLORS, MB, outside_legend, themed
 
 PEAK = TENSOR + "peak"
 DEVICE_CLOCK = "device_wall_time"
-BAND_NAMES = {"t95": "95% t-interval (3+ seeds)", "range": "min–max (2 seeds)"}
+BAND_NAMES = {"t95": "95% t-interval", "range": "min–max"}
+
+
+def interval_note(seed_counts: Iterable[int], clipped: str = "0–100%") -> str | None:
+    """What an interval drawn over these numbers of seeds is, naming them (a t-interval over 3
+    seeds is wide), and where it is clipped; None: no interval at all."""
+    counts = sorted({int(n) for n in seed_counts if interval_kind(int(n)) != "none"})
+    kinds = {kind: [n for n in counts if interval_kind(n) == kind] for kind in BAND_NAMES}
+    named = [f"{BAND_NAMES[kind]} ({'/'.join(map(str, ns))} seeds)" for kind, ns in kinds.items() if ns]
+    return " or ".join(named) + (f", clipped to {clipped}" if clipped else "") if named else None
 
 
 def band_note(rounds: pd.DataFrame, columns: Sequence[str] = ("accuracy",)) -> str | None:
@@ -29,10 +38,8 @@ def band_note(rounds: pd.DataFrame, columns: Sequence[str] = ("accuracy",)) -> s
     the interval round by round: a seed that stopped early leaves later rounds a range); None: no
     band at all."""
     counts = (rounds.dropna(subset=[c]).groupby(["label", "round"])["seed"].nunique() for c in columns)
-    kinds = sorted({interval_kind(n) for per_round in counts for n in per_round} - {"none"})
-    if not kinds:
-        return None
-    return "line: mean over seeds\nshaded: " + " or ".join(BAND_NAMES[k] for k in kinds)
+    note = interval_note(n for per_round in counts for n in per_round)
+    return None if note is None else "line: mean over seeds\nshaded: " + note
 
 
 def plot_band(ax: Axes, rounds: pd.DataFrame, y: str, x: str, style: dict, ci: bool = True,
@@ -76,12 +83,14 @@ def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: st
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for label, group in data.groupby("label"):
-        plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"])
+        plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"],
+                  linestyle="--" if styles[label].get("over_budget") else "-")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     if x == "round":
         round_axis(ax)
     ax.set(xlabel=xlabel, ylabel="Test accuracy", title=title)
-    outside_legend(ax, title=band_note(data))
+    notes = [band_note(data), "dashed: ran over budget" if any(s.get("over_budget") for s in styles.values()) else None]
+    outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
 
@@ -110,8 +119,9 @@ def name_overlapping_ends(ax: Axes, tolerance: float = 0.015) -> None:
     for group in groups:
         if len(group) > 1:
             y, x = group[0][0], max(e[1] for e in group)
-            ax.annotate(", ".join(e[2] for e in group), (x, y), xytext=(-4, 5), textcoords="offset points",
-                        ha="right", fontsize="xx-small", color="0.25", gid="shared end")
+            names = textwrap.fill(", ".join(e[2] for e in group), 36)  # many names: lines, kept in the panel
+            ax.annotate(names, (x, y), xytext=(-4, 5), textcoords="offset points",
+                        ha="right", va="bottom", fontsize="xx-small", color="0.25", gid="shared end")
 
 
 @themed
@@ -252,8 +262,8 @@ def spread(values: list[float], gap: float) -> list[float]:
 @themed
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     """Final accuracy against peak memory; the Pareto front joins the methods no other beats.
-    Points on one memory value are drawn side by side and every point is named, the names of a
-    group spread apart with a leader line, so none hides another."""
+    Every point sits at its own values (none is moved along an axis to make room) and is named;
+    the names of points on nearly one memory value are spread apart, with a leader line each."""
     points = summary.dropna(subset=["peak_mb", "final"])
     if points.empty:
         return None
@@ -270,37 +280,38 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     for group in dodge_groups(x, 0.015 * span):
         group.sort(key=lambda i: y[i])
         names_y = spread([y[i] for i in group], 0.05 * (ax.get_ylim()[1] - ax.get_ylim()[0]))
-        for k, (i, name_y) in enumerate(zip(group, names_y, strict=True)):
+        for i, name_y in zip(group, names_y, strict=True):
             label, row, style = labels[i], points.iloc[i], styles[labels[i]]
-            shift = transforms.offset_copy(ax.transData, fig, x=9 * (k - (len(group) - 1) / 2), units="points")
             yerr = None
             if not math.isnan(row["final_lo"]):
                 yerr = [[row["final"] - row["final_lo"]], [row["final_hi"] - row["final"]]]
-            ax.errorbar(x[i], y[i], yerr=yerr, fmt=style["marker"], color=style["color"], markersize=8, capsize=3,
-                        label=style["name"], transform=shift,
+            ax.errorbar(x[i], y[i], yerr=yerr, fmt=style["marker"], color=style["color"], markersize=7, capsize=3,
+                        elinewidth=1.0, alpha=0.85, label=style["name"],
                         markerfacecolor="none" if style.get("over_budget") else style["color"])
             if on_front[i]:
-                ax.scatter([x[i]], [y[i]], s=220, facecolor="none", edgecolor="0.3", linewidth=1.0, transform=shift,
+                ax.scatter([x[i]], [y[i]], s=200, facecolor="none", edgecolor="0.3", linewidth=1.0,
                            gid=f"front {label}")
-            ax.annotate(style["name"], (x[i], y[i]), xytext=(x[group[0]] + 0.1 * span, name_y),
+            ax.annotate(style["name"], (x[i], y[i]), xytext=(max(x[j] for j in group) + 0.1 * span, name_y),
                         textcoords="data", va="center", fontsize="x-small", color=style["color"], gid=f"name {label}",
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     front = points[on_front].sort_values("peak_mb")
     ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
-            label="Pareto front (within budget)" if not feasible.all() else "Pareto front")
+            label="Pareto front of the means" + (" (within budget)" if not feasible.all() else ""))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Final test accuracy",
            title="Memory against accuracy (up and left is better)")
-    hollow = any(s.get("over_budget") for s in styles.values())
-    outside_legend(ax, title="hollow: ran over budget\nside by side: same memory" if hollow else None)
+    bars = interval_note(points["seeds"]) if "seeds" in points else None
+    notes = ["hollow: ran over budget" if not feasible.all() else None, f"bars: {bars}" if bars else None]
+    outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
 
 @themed
 def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure | None:
-    """Mean device time to reach the target, labelled with the speed-up against its FedAvg reference."""
+    """Mean device time to reach the target, labelled with the speed-up against its FedAvg reference;
+    None when no method reached it (a chart of empty bars says nothing)."""
     rows = summary[summary["seeds"] > 0]
-    if rows.empty:
+    if rows.empty or rows["ttt"].isna().all():
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
     y = np.arange(len(rows))
@@ -318,10 +329,10 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
         elif math.isnan(row["ttt"]):
             text = "not reached"
         else:
-            text = "n/a" if math.isnan(row["speedup"]) else f"×{row['speedup']:.2f}"
+            text = "speed-up n/a" if math.isnan(row["speedup"]) else f"×{row['speedup']:.2f}"
             text += " (reference)" if label == row["reference"] else ""
             if row["reached"] < row["seeds"]:  # the bar is the mean of only the seeds that got there
-                text += f", {int(row['reached'])}/{int(row['seeds'])} seeds"
+                text += f", {int(row['reached'])}/{int(row['seeds'])} seeds reached it"
         ax.annotate(text, (ends.iloc[i], i), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize="small")
     ax.set_yticks(y, [styles[label]["name"] for label in rows.index])
@@ -333,4 +344,10 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
                "speed-up against each suite's FedAvg")
     ax.set(xlabel="Cumulative device time (s, simulated; mean over seeds that reached it)",
            title=f"Device time to {target:.0%} accuracy ({against})")
+    bars_note = interval_note(rows["reached"].dropna(), clipped="")
+    notes = ["hatched: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
+             f"bars: {bars_note} of those that reached it" if bars_note else None,
+             "speed-up only where every seed of both reached it"]
+    ax.text(1.02, 1.0, "\n".join(n for n in notes if n), transform=ax.transAxes, va="top", fontsize="x-small",
+            color="0.3", gid="notes")
     return fig

@@ -28,23 +28,27 @@ FIGURES = {
                       "trained and was aggregated (took part), per round, mean over seeds (each seed has "
                       "its own fleet, so no interval is drawn)."),
     "memory_vs_accuracy": ("Memory against accuracy",
-                           "Final accuracy against peak memory per method, every point labelled; the dotted "
-                           "Pareto front joins the methods no other beats on both. Hollow: a method that "
-                           "ran over its clients' budgets."),
+                           "Final accuracy against peak memory per method, every point at its own values and "
+                           "labelled, bars its interval over seeds; the dotted Pareto front joins the methods "
+                           "whose mean no other beats on both (where bars overlap it ranks nothing). Hollow: a "
+                           "method that ran over its clients' budgets."),
     "neulite_stage_memory": ("NeuLite: memory per stage",
                              "Highest measured tensor peak per NeuLite stage, stacked by category."),
     "neulite_stage_accuracy": ("NeuLite: accuracy per stage",
                                "Accuracy of each model NeuLite evaluates (current stage, full model) by "
                                "round; the strip along the top shows the stage each round trained."),
     "time_to_target": ("Device time to target accuracy",
-                       "Simulated device time until the accuracy first reaches the target, with the "
-                       "speed-up against FedAvg (hatched: ran over budget)."),
+                       "Simulated device time until the accuracy first reaches the target (mean over the "
+                       "seeds that reached it), with the speed-up against FedAvg where every seed of both "
+                       "reached it (hatched: ran over budget); not drawn when no method reached it."),
 }
 SUMMARY_TEXT = (
     "Accuracy is the deployable model's test accuracy, mean over seeds with its interval in brackets: "
     "a 95% Student's t-interval with 3 seeds or more, the min-max range with 2, none with 1 (the "
-    "Seeds column says which), clipped to 0-100%; final is each seed's last evaluated round. A "
-    "task's peak is its estimated training memory (equal to the measured one); the smallest task is "
+    "Seeds column says which), clipped to 0-100%; final is each seed's last evaluated round, best its "
+    "highest, picked on the test set and so optimistic (compare methods on final). A task's peak is "
+    "its estimated training memory (equal to the measured one unless a note says otherwise); the "
+    "smallest task is "
     "what a device needs to take part at all. Fleet that fits is the share of devices whose budget "
     "covers the task offered to them, over budget the share of trained clients whose measured peak "
     "exceeded their budget: a label marked (over budget) reports accuracy and time no device of "

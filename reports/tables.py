@@ -86,6 +86,11 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
     if failed:
         notes.append(f"{label}: {failed} selected client(s) lost with their worker (status 'failed'); "
                      "their rounds aggregated the others")
+    below = int((trained[TENSOR + "peak"] < trained[ESTIMATE]).sum()) if ESTIMATE in trained else 0
+    if below:
+        notes.append(f"{label}: {below} of {len(trained)} trained clients measured less than their task's estimate "
+                     "(not every step reached the task's peak, e.g. a width drawn per step): its task peaks are "
+                     "upper bounds")
     over = _over_budget(trained)
     if over > 0:
         notes.append(f"{label}: {over:.0%} of its trained clients exceeded their memory budget; its accuracy "
@@ -113,14 +118,21 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     rows = [_label_row(suite, label, target, notes) for label in suite.labels]
     summary = pd.DataFrame(rows).set_index("label")
     summary["reference"] = pd.Series(references(suite))
-    summary["speedup"] = [summary.loc[ref, "ttt"] / row["ttt"] if isinstance(ref, str) else math.nan
-                          for ref, (_, row) in zip(summary["reference"], summary.iterrows(), strict=True)]
+    # a speed-up compares means: only of seeds that all reached the target, on both sides
+    whole = summary["reached"] == summary["seeds"]
+    summary["speedup"] = [summary.loc[ref, "ttt"] / row["ttt"] if isinstance(ref, str) and whole[label] and whole[ref]
+                          else math.nan
+                          for ref, (label, row) in zip(summary["reference"], summary.iterrows(), strict=True)]
+    none_reached = not summary.empty and summary["ttt"].isna().all()
+    if none_reached:
+        notes.append(f"no method reached {target:.0%}: time to target n/a (a lower --target shows how fast each "
+                     "gets there)")
     for reference, group in summary.groupby(summary["reference"].fillna(""), sort=True):
         if not reference:
             where = f" in suite {suite.suites[group.index[0]]}" if suite.compared is not None else ""
             notes.append(f"no FedAvg run (label or method 'fedavg'){where}: speed-up n/a")
-        elif math.isnan(summary.loc[reference, "ttt"]):
-            notes.append(f"{reference} has not reached {target:.0%}: speed-up n/a")
+        elif not whole[reference] and not none_reached:
+            notes.append(f"{reference} has not reached {target:.0%} in every seed: speed-up n/a")
     return summary, notes
 
 

@@ -6,6 +6,7 @@ below), so every plotted number and table cell can be checked against a value co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -320,7 +321,8 @@ def test_participation_is_the_share_of_the_fleet(suite, styles):
     assert next(line for line in took_part_ax.get_lines() if line.get_label() == fedavg).get_ydata() == pytest.approx(
         [0.75] * 5)
     shared = [t.get_text() for t in took_part_ax.texts if t.get_gid() == "shared end"]
-    assert shared == ["fedavg (over budget), heterofl, neulite"]  # all end at 75%: lines hide each other, so named
+    # all end at 75%: lines hide each other, so named, in lines that keep the names inside the panel
+    assert shared == ["fedavg (over budget), heterofl,\nneulite"]
 
 
 def test_participation_is_the_mean_over_seeds_round_by_round():
@@ -345,7 +347,7 @@ def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, 
     assert points["fedavg (over budget)"] == pytest.approx([fedavg_peak, 0.86])
     assert next(c for c in ax.containers if c.get_label() == "fedavg (over budget)").lines[0].get_markerfacecolor() \
         == "none"  # hollow: ran over budget
-    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front (within budget)")
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front of the means (within budget)")
     neulite_peak = (3 * MB + MB // 2 + 3 * 4096 + 1024) / MB  # stage 3, device 3, seed 1
     # fedavg ran over budget, so it is no achievable trade-off; heterofl is dominated by neulite
     assert list(front.get_xdata()) == pytest.approx([neulite_peak])
@@ -353,9 +355,11 @@ def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, 
     assert names == {"name fedavg": "fedavg (over budget)", "name heterofl": "heterofl", "name neulite": "neulite"}
 
 
-def test_points_on_one_memory_value_are_drawn_apart_and_named():
-    summary = pd.DataFrame({"peak_mb": [3.0, 3.0, 3.0, 1.0], "final": [0.8, 0.8, 0.79, 0.5],
-                            "final_lo": [math.nan] * 4, "final_hi": [math.nan] * 4},
+def test_points_on_one_memory_value_stay_at_their_values_and_are_named_apart():
+    """Nothing is moved along an axis to make room (a nudge along the MB axis reads as memory);
+    the names of points on one memory value are spread apart instead, with leader lines."""
+    summary = pd.DataFrame({"peak_mb": [3.0, 3.02, 3.0, 1.0], "final": [0.8, 0.8, 0.79, 0.5],
+                            "final_lo": [math.nan] * 4, "final_hi": [math.nan] * 4, "seeds": [1] * 4},
                            index=["a", "b", "c", "d"])
     styles = method_styles({label: label for label in summary.index})
     for label, style in styles.items():
@@ -363,10 +367,9 @@ def test_points_on_one_memory_value_are_drawn_apart_and_named():
     fig = figures.memory_vs_accuracy(summary, styles)
     ax = fig.axes[0]
     fig.canvas.draw()
-    centres = {c.get_label(): c.lines[0].get_transform().transform(c.lines[0].get_xydata())[0]
-               for c in ax.containers}
-    xs = sorted(centres[label][0] for label in "abc")
-    assert xs[1] - xs[0] > 5 and xs[2] - xs[1] > 5  # side by side, in display points
+    drawn = {c.get_label(): tuple(c.lines[0].get_xydata()[0]) for c in ax.containers}
+    assert drawn == {label: (row.peak_mb, row.final) for label, row in summary.iterrows()}
+    assert all(c.lines[0].get_transform() == ax.transData for c in ax.containers)
     texts = {t.get_text(): Text.get_window_extent(t) for t in ax.texts}  # the text, not its leader line
     assert sorted(texts) == ["a", "b", "c", "d"]
     boxes = [texts[label] for label in "abc"]
@@ -408,14 +411,38 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     assert expected["fedavg"] == pytest.approx(25.2)  # round 4 at 6.0 s and 6.6 s a round on the devices
     ax = figures.time_to_target(summary, styles, TARGET).axes[0]
     assert [p.get_width() for p in ax.patches] == pytest.approx(list(expected.values()))
-    texts = [t.get_text() for t in ax.texts]
+    texts = [t.get_text() for t in ax.texts if t.get_gid() != "notes"]
     assert texts == ["×1.00 (reference)", f"×{25.2 / 15.75:.2f}", f"×{25.2 / 23.625:.2f}"]
+    note = next(t for t in ax.texts if t.get_gid() == "notes").get_text()
+    assert "speed-up only where every seed of both reached it" in note
     assert ax.get_yticklabels()[0].get_text() == "fedavg (over budget)"
     assert ax.patches[0].get_hatch() == "//"
     partly = summary.copy()
-    partly.loc["heterofl", "reached"] = 1  # a mean of one seed of two must not read as both seeds'
-    texts = [t.get_text() for t in figures.time_to_target(partly, styles, TARGET).axes[0].texts]
-    assert texts[1] == f"×{25.2 / 15.75:.2f}, 1/2 seeds" and texts[2] == f"×{25.2 / 23.625:.2f}"
+    partly.loc["heterofl", ["reached", "speedup"]] = 1, math.nan  # one seed of two reached it (summarize's rule)
+    partial = figures.time_to_target(partly, styles, TARGET).axes[0]
+    texts = [t.get_text() for t in partial.texts if t.get_gid() != "notes"]
+    assert texts[1] == "speed-up n/a, 1/2 seeds reached it" and texts[2] == f"×{25.2 / 23.625:.2f}"
+    assert figures.time_to_target(summarize(suite, 0.99)[0], styles, 0.99) is None  # nobody reached it: no chart
+
+
+def test_a_speed_up_needs_every_seed_of_both_to_reach_the_target(suite):
+    """A mean over the seeds that got there would flatter a method that mostly did not."""
+    rounds = suite.rounds.copy()
+    slow = (rounds["label"] == "heterofl") & (rounds["seed"] == 1)
+    rounds.loc[slow, "accuracy"] = 0.5  # seed 1 never reaches 73%
+    summary, notes = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
+    assert summary.loc["heterofl", "reached"] == 1 and math.isnan(summary.loc["heterofl", "speedup"])
+    assert summary.loc["neulite", "speedup"] == pytest.approx(25.2 / 23.625)
+    assert "heterofl: reached 73% in 1 of 2 seeds; time is their mean" in notes
+
+
+def test_clients_measured_below_their_estimate_are_noted(suite):
+    clients = suite.clients.copy()
+    trained = clients.index[(clients["label"] == "heterofl") & (clients["status"] == "trained")]
+    clients.loc[trained[:2], "memory.tensor.peak"] -= 1000  # e.g. FjORD's steps that drew a narrower width
+    _, notes = summarize(dataclasses.replace(suite, clients=clients), TARGET)
+    assert f"heterofl: 2 of {len(trained)} trained clients measured less than their task's estimate" in "\n".join(notes)
+    assert not any("measured less" in note for note in summarize(suite, TARGET)[1])
 
 
 def test_summary_table_matches_hand_computed_values(rendered):
@@ -697,8 +724,9 @@ def test_the_band_legend_names_the_intervals_each_round_draws():
     rows = [{"label": "a", "seed": s, "round": r, "accuracy": 0.5} for s in range(3) for r in range(1, 6)
             if s < 2 or r <= 3]
     note = band_note(pd.DataFrame(rows))
-    assert "95% t-interval (3+ seeds)" in note and "min–max (2 seeds)" in note
-    assert band_note(pd.DataFrame([r for r in rows if r["round"] <= 3])).endswith("95% t-interval (3+ seeds)")
+    assert "95% t-interval (3 seeds)" in note and "min–max (2 seeds)" in note
+    assert band_note(pd.DataFrame([r for r in rows if r["round"] <= 3])).endswith(
+        "shaded: 95% t-interval (3 seeds), clipped to 0–100%")
 
 
 def test_the_fleet_that_fits_is_what_the_gate_held_against_the_budget():
