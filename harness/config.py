@@ -26,7 +26,7 @@ class DataConfig:
     name: str = "digits"
     root: str = ""  # folder of cifar10/cifar100/imagefolder data
     download: bool = False  # let torchvision download cifar10/cifar100 into root
-    partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    partition: str = "dirichlet"  # a registered partition (harness.data.PARTITIONS): iid | dirichlet | shards
     alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
     shards_per_client: int = 2
     min_samples: int = 2  # Dirichlet is redrawn until every client has this many samples
@@ -46,7 +46,7 @@ class ModelConfig:
 @dataclass
 class FleetConfig:
     devices: int = 20
-    distribution: Literal["uniform", "even", "tiers", "lognormal", "trace"] = "uniform"
+    distribution: str = "uniform"  # a registered one (harness.fleet.FLEETS): uniform | even | tiers | lognormal | trace
     low_mb: float = 1.0  # uniform, even
     high_mb: float = 8.0  # uniform, even
     tiers_mb: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
@@ -276,8 +276,9 @@ def _check_name(value: str, key: str) -> None:
 def validate(suite: SuiteConfig) -> None:
     """Ranges and cross-field rules; names are checked against the registries (the method
     registry loads the built-in methods and ``FL_HARNESS_PLUGINS`` itself)."""
-    from harness.data import DATASETS
+    from harness.data import DATASETS, PARTITIONS
     from harness.engine import EXECUTORS
+    from harness.fleet import FLEETS
     from harness.methods import METHODS
     from harness.models import MODELS
 
@@ -292,6 +293,10 @@ def validate(suite: SuiteConfig) -> None:
     _check(suite.model.name in MODELS, f"model.name: unknown model {suite.model.name!r}; "
            f"allowed: {', '.join(MODELS.names())}")
     _check(0 < suite.model.width <= 1, f"model.width must be in (0, 1], got {suite.model.width}")
+    _check(suite.data.partition in PARTITIONS, f"data.partition: unknown partition {suite.data.partition!r}; "
+           f"allowed: {', '.join(PARTITIONS.names())}")
+    _check(suite.fleet.distribution in FLEETS, f"fleet.distribution: unknown distribution "
+           f"{suite.fleet.distribution!r}; allowed: {', '.join(FLEETS.names())}")
     _check(0 < suite.data.alpha < math.inf, f"data.alpha must be positive and finite, got {suite.data.alpha}")
     _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
@@ -354,7 +359,7 @@ def validate_fleet(fleet: FleetConfig) -> None:
                                           and all(w >= 0 for w in fleet.tier_weights)
                                           and sum(fleet.tier_weights) > 0),
                "fleet.tier_weights: one non-negative weight per tier, not all zero")
-    else:
+    elif fleet.distribution == "lognormal":
         _check(fleet.median_mb > 0 and fleet.sigma >= 0,
                f"fleet: need median_mb > 0 and sigma >= 0, got {fleet.median_mb}, {fleet.sigma}")
 

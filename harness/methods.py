@@ -211,7 +211,6 @@ class Method(ABC):
     """Base class of every registered method; subclasses set ``Params`` to their dataclass."""
 
     Params: ClassVar[type] = NoParams
-    name: ClassVar[str] = ""  # set by ``register_method``
     respects_budgets: bool = True  # False only for the unconstrained reference (plain FedAvg)
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
@@ -380,7 +379,6 @@ def register_method(name: str) -> Callable[[MethodClass], MethodClass]:
     def add(cls: MethodClass) -> MethodClass:
         if not dataclasses.is_dataclass(cls.Params):
             raise TypeError(f"{cls.__name__}.Params must be a dataclass")
-        cls.name = name
         return METHODS.register(name)(cls)
 
     return add

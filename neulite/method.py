@@ -116,7 +116,7 @@ class NeuLite(Method):
         state.update(weighted_average([r.local.state for r in results], weights))
         model.load_state_dict(state)
         self.trained_in[stage - 1] = rnd
-        self.schedule.observe(stage, model.blocks[stage - 1])
+        self.schedule.observe(model.blocks[stage - 1])
 
     def assembled(self) -> StageModel:
         """The full model with every block as the stage that trained last among those holding it

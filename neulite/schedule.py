@@ -23,7 +23,7 @@ class Cyclic:
     def stage(self, rnd: int) -> int:
         return (rnd - 1) % self.num_stages + 1
 
-    def observe(self, stage: int, block: nn.Module) -> None:
+    def observe(self, block: nn.Module) -> None:
         """Nothing to learn from an aggregation: the cycle is fixed."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -62,8 +62,8 @@ class Sequential:
             self.snapshots.clear()
         return self.current
 
-    def observe(self, stage: int, block: nn.Module) -> None:
-        """After stage ``stage`` aggregated: track its block's movement (movement trigger only)."""
+    def observe(self, block: nn.Module) -> None:
+        """After a stage aggregated: track its block's movement (movement trigger only)."""
         if self.threshold <= 0:
             return
         self.snapshots.append(torch.cat([p.detach().flatten().float().cpu() for p in block.parameters()]))

@@ -9,12 +9,10 @@ and only that tail runs with autograd.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
-from harness.models.base import BlockInfo, BlockModel, ClassifierHead
+from harness.models.base import BlockInfo, BlockModel, ClassifierHead, run_layers
 from neulite.harmonizer import overlap_modules
 
 
@@ -39,12 +37,6 @@ class OutputModule(nn.Module):
 
 def _children(block: nn.Module) -> list[nn.Module]:
     return list(block) if isinstance(block, nn.Sequential) else [block]
-
-
-def _run(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for module in modules:
-        x = module(x)
-    return x
 
 
 class StageModel(nn.Module):
@@ -79,8 +71,8 @@ class StageModel(nn.Module):
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks 1..t: the frozen prefix without autograd, then the trainable rest."""
         with torch.no_grad():
-            x = _run(self._frozen_path, x)
-        return _run(self._live_path, x)
+            x = run_layers(self._frozen_path, x)
+        return run_layers(self._live_path, x)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last convolution's feature map (``Z_t``) and its pooled vector (``z_t``)."""

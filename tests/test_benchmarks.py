@@ -7,7 +7,7 @@ import torch
 
 from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
-from harness.memory import estimate_peak
+from harness.memory import estimate_task
 from harness.models import ModelSpec, build_model
 from harness.training import Task, train_local
 
@@ -44,5 +44,5 @@ def test_estimate_cost(benchmark, model):
     benchmark.group = "estimate: two fake training steps, batch 64"
     spec = ModelSpec(model, 10, 3, 32)
     report = benchmark.pedantic(
-        lambda: estimate_peak(lambda: Task(build_model(spec)), (3, 32, 32), 10, 64, OPT), rounds=3)
+        lambda: estimate_task(lambda: Task(build_model(spec)), (3, 32, 32), 10, 64, OPT).memory, rounds=3)
     assert report.peak > 0

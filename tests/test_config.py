@@ -75,7 +75,20 @@ def test_unknown_names_list_allowed_values():
     msg = error_of(methods=[{"method": "fedprocs"}])
     assert "fedprocs" in msg and "fedavg" in msg
     msg = error_of(data={"partition": "random"})
-    assert "data.partition" in msg and "'dirichlet'" in msg
+    assert "data.partition: unknown partition 'random'; allowed: dirichlet, iid, shards" in msg
+    msg = error_of(fleet={"distribution": "zipf"})
+    assert "fleet.distribution: unknown distribution 'zipf'; allowed: even, lognormal, tiers, trace, uniform" in msg
+
+
+def test_a_registered_partition_and_fleet_distribution_are_usable_from_a_suite(monkeypatch):
+    """The registries own the names: a suite may use what a plugin registers."""
+    from harness.data import PARTITIONS
+    from harness.fleet import FLEETS
+
+    monkeypatch.setitem(PARTITIONS._entries, "halves", PARTITIONS["iid"])
+    monkeypatch.setitem(FLEETS._entries, "flat", FLEETS["even"])
+    suite = suite_from_dict(tiny_raw(data={"partition": "halves"}, fleet={"distribution": "flat"}))
+    assert (suite.data.partition, suite.fleet.distribution) == ("halves", "flat")
 
 
 def test_method_params_are_validated():

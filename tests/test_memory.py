@@ -17,7 +17,7 @@ from torch import nn
 
 from harness.config import OptimizerConfig
 from harness.data import Batches, DataBundle
-from harness.memory import CATEGORIES, TensorTracker, estimate_peak, sources
+from harness.memory import CATEGORIES, TensorTracker, estimate_task, sources
 from harness.memory.tracker import MemoryReport, made_aside
 from harness.methods import load_weights
 from harness.models import ModelSpec, build_model
@@ -55,7 +55,7 @@ def frozen_task(name: str, shape: tuple[int, ...], frozen: int) -> Task:
 @pytest.mark.parametrize(("name", "shape"), [("cnn", (1, 8, 8)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
 def test_estimate_equals_measured_training_peak(name, shape, frozen, batch):
     """The estimate (fake tensors) against the harness's real local training, measured steps only."""
-    estimate = estimate_peak(lambda: frozen_task(name, shape, frozen), shape, 10, batch, OPT, steps=2)
+    estimate = estimate_task(lambda: frozen_task(name, shape, frozen), shape, 10, batch, OPT, steps=2).memory
     torch.manual_seed(0)
     batches = Batches(random_bundle(2 * batch, shape), torch.arange(2 * batch), batch, CPU)
     measured = train_local(lambda: frozen_task(name, shape, frozen), batches, 1, OPT, measure_steps=2,
@@ -68,8 +68,8 @@ def test_estimate_equals_measured_training_peak(name, shape, frozen, batch):
 
 
 def test_frozen_blocks_cut_activations_gradients_and_optimizer_state():
-    full = estimate_peak(lambda: frozen_task("resnet18", (3, 32, 32), 0), (3, 32, 32), 10, 32, OPT)
-    frozen = estimate_peak(lambda: frozen_task("resnet18", (3, 32, 32), 3), (3, 32, 32), 10, 32, OPT)
+    full = estimate_task(lambda: frozen_task("resnet18", (3, 32, 32), 0), (3, 32, 32), 10, 32, OPT).memory
+    frozen = estimate_task(lambda: frozen_task("resnet18", (3, 32, 32), 3), (3, 32, 32), 10, 32, OPT).memory
     assert frozen.categories["parameters"] == full.categories["parameters"]  # frozen weights still resident
     for category in ("activations", "optimizer"):
         assert frozen.categories[category] < full.categories[category]
@@ -273,8 +273,8 @@ def test_a_failed_construction_puts_the_tracker_back():
 def test_the_optimizer_state_exists_from_the_first_step():
     """SGD makes its momentum in its first step, so that step alone would under-report; the harness
     makes it with the optimizer, and the first step already has the peak of the second."""
-    one = estimate_peak(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=1)
-    two = estimate_peak(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=2)
+    one = estimate_task(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=1).memory
+    two = estimate_task(lambda: frozen_task("cnn", (1, 8, 8), 0), (1, 8, 8), 10, 32, OPT, steps=2).memory
     assert one.categories["optimizer"] == one.categories["parameters"] > 0
     assert one == two
 
@@ -410,7 +410,7 @@ def test_cuda_and_nvml_sources_are_absent_not_zero_on_cpu():
 def test_cuda_sources_and_estimate_on_gpu():
     cuda = torch.device("cuda")
     shape = (3, 32, 32)
-    estimate = estimate_peak(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, device=cuda)
+    estimate = estimate_task(lambda: frozen_task("resnet18", shape, 0), shape, 10, 32, OPT, device=cuda).memory
     batches = Batches(random_bundle(64, shape), torch.arange(64), 32, cuda)
     result = train_local(lambda: frozen_task("resnet18", shape, 0), batches, 1, OPT, 2)
     assert abs(estimate.peak - result.memory["tensor"]["peak"]) <= 0.01 * estimate.peak
@@ -476,9 +476,9 @@ def test_short_batches_do_not_hide_the_peak():
 
     batches = Batches(random_bundle(37, shape), torch.arange(37), 32, CPU)
     result = train_local(build, batches, 2, OPT, measure_steps=1, measure_rss=False)
-    both = estimate_peak(build, shape, 10, [32, 5], OPT)
+    both = estimate_task(build, shape, 10, [32, 5], OPT).memory
     assert result.steps == 4 and result.memory["tensor"] == both.to_record()
-    assert both.peak > estimate_peak(build, shape, 10, 32, OPT).peak
+    assert both.peak > estimate_task(build, shape, 10, 32, OPT).memory.peak
 
 
 def test_steps_that_are_not_alike_are_all_measured():
@@ -506,7 +506,7 @@ def test_a_client_smaller_than_a_batch_is_measured_at_its_own_size():
     shape = (1, 8, 8)
     batches = Batches(random_bundle(20, shape), torch.arange(20), 32, CPU)
     result = train_local(lambda: frozen_task("cnn", shape, 0), batches, 3, OPT, measure_steps=1, measure_rss=False)
-    at_20 = estimate_peak(lambda: frozen_task("cnn", shape, 0), shape, 10, 20, OPT)
+    at_20 = estimate_task(lambda: frozen_task("cnn", shape, 0), shape, 10, 20, OPT).memory
     assert result.memory["tensor"] == at_20.to_record()
 
 
@@ -559,7 +559,7 @@ def test_state_a_task_holds_counts_however_it_is_held(how):
     copy = sum(p.nbytes for p in plain().model.parameters())
     x, y = torch.randn(32, *shape), torch.randint(0, 10, (32,))
     base = measure_task(plain, x, y, OPT, 2)
-    for report in (measure_task(holding, x, y, OPT, 2), estimate_peak(holding, shape, 10, 32, OPT)):
+    for report in (measure_task(holding, x, y, OPT, 2), estimate_task(holding, shape, 10, 32, OPT).memory):
         assert report.peak == base.peak + copy
         assert report.categories == {**base.categories, "state": copy}
 

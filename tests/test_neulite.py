@@ -13,7 +13,7 @@ from torch import nn
 from harness.config import OptimizerConfig, suite_from_dict
 from harness.engine import run_suite
 from harness.fleet import Device
-from harness.memory import estimate_peak
+from harness.memory import estimate_task
 from harness.methods import METHODS, Excluded, MethodContext, TaskSpec
 from harness.plugins import load_plugins
 from harness.training import make_optimizer, measure_task
@@ -247,7 +247,7 @@ def test_sequential_movement_trigger():
     for rnd, value in enumerate([0.0, 1.0, 0.0], start=1):  # back and forth: settled
         assert s.stage(rnd) == 1
         nn.init.constant_(block.weight, value)
-        s.observe(1, block)
+        s.observe(block)
     state = s.state_dict()
     assert s.stage(4) == 2 and s.stage(4) == 2
     resumed = Sequential([100, 100], threshold=0.5, window=2)
@@ -262,7 +262,7 @@ def test_estimate_equals_tensor_measurement_for_every_stage(name, shape, width, 
     method = neulite(context(name, shape, width, batch))
     cfg = OptimizerConfig()
     for spec in method.memory_specs():
-        estimate = estimate_peak(lambda spec=spec: method.build_task(spec), shape, 10, batch, cfg, 2)
+        estimate = estimate_task(lambda spec=spec: method.build_task(spec), shape, 10, batch, cfg, 2).memory
         x, y = torch.randn(batch, *shape), torch.arange(batch) % 10
         measured = measure_task(lambda spec=spec: method.client_task(1, Device(0, 2**40), spec), x, y, cfg, 2)
         assert measured == estimate, spec

@@ -88,10 +88,3 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
         down, up = tensor_bytes(task.model.state_dict()), tensor_bytes(task.upload(task.model))
     trained = sum(end - start for size in sizes for start, end in task.chunk_bounds(size))
     return TaskCost(memory, counter.total / max(1, trained), down, up)
-
-
-def estimate_peak(build_task: Callable[[], Task], input_shape: tuple[int, ...], num_classes: int,
-                  batch_size: int, optimizer: OptimizerConfig, steps: int = 1,
-                  device: torch.device | str = "cpu") -> MemoryReport:
-    """Peak of ``steps`` training steps of ``build_task()`` at ``batch_size``, by category."""
-    return estimate_task(build_task, input_shape, num_classes, batch_size, optimizer, steps, device).memory
