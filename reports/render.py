@@ -31,6 +31,17 @@ class Report:
     notes: list[str]
 
 
+def stage_sections(clients) -> list[Section]:
+    """NeuLite's peaks per stage as a table, when some label trains in stages."""
+    table = stages.stage_table(clients)
+    if table is None:
+        return []
+    return [Section("Peak memory per stage", "For labels that train in stages (NeuLite): each stage's estimated "
+                    "peak (what a device needs to take part), its highest measured peak, the share of the fleet "
+                    "it fits (mean over rounds and seeds) and the clients it trained; a label's peak over all "
+                    "stages is its largest row.", table)]
+
+
 def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = None, target: float = 0.9,
            allow_mixed: bool = False) -> Report:
     """Read the records of one suite folder or several (compared in one report), write the figures
@@ -80,7 +91,7 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
         summary=Section("Summary", SUMMARY_TEXT, display(summary, target)),
         notes=notes,
         figures=shown,
-        details=[Section("Methods", "", methods_table(suite)), configuration,
+        details=[Section("Methods", "", methods_table(suite)), *stage_sections(suite.clients), configuration,
                  Section("Provenance", "", provenance_table(suite))],
     )
     summary.to_csv(out / "summary.csv")

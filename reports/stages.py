@@ -10,7 +10,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from reports.figures import PEAK, band_note, plot_band, round_axis, stacked_bars
+from reports.figures import PEAK, band_note, megabytes, plot_band, round_axis, stacked_bars
+from reports.load import ESTIMATE
+from reports.stats import fits_per_round
 from reports.style import MB, outside_legend, themed
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -57,6 +59,25 @@ def neulite_stage_memory(clients: pd.DataFrame, styles: dict) -> Figure | None:
     outside_legend(last, handles=handles[::-1], labels=names[::-1])
     fig.suptitle("NeuLite: peak memory per stage (client with the highest peak)", fontweight="bold")
     return fig
+
+
+def stage_table(clients: pd.DataFrame) -> pd.DataFrame | None:
+    """Per label with stages and per stage: the task's estimated peak (what a device needs), the
+    highest measured peak, the share of the fleet it fits (mean over rounds and seeds) and the
+    clients trained; None when no record has a stage. The suite's peak over all stages is the
+    largest of each label's rows."""
+    staged = _staged(clients)
+    if staged.empty:
+        return None
+    rows = []
+    for (label, stage), group in staged.groupby(["label", "stage"], sort=True):
+        trained = group[group["status"] == "trained"]
+        fits = fits_per_round(group)["fits"].mean()
+        rows.append({"Label": label, "Stage": stage_name(stage),
+                     "Estimated peak (MB)": megabytes(group[ESTIMATE].max() / MB),
+                     "Measured peak (MB)": megabytes(trained[PEAK].max() / MB) if len(trained) else "none trained",
+                     "Fleet that fits (%)": f"{100 * fits:.1f}", "Clients trained": len(trained)})
+    return pd.DataFrame(rows)
 
 
 def _stage_spans(rounds: pd.DataFrame) -> list[tuple[float, float, float]]:

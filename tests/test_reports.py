@@ -118,7 +118,7 @@ def write_run(folder: Path, label: str, seed: int, rounds: int, config: dict, nu
                 status = "trained" if d in trained else "not_selected" if d in eligible else "excluded"
                 row = {"round": r, **run, "device": d, "budget": budget, "status": status,
                        "reason": "over budget" if status == "excluded" else "", "task": "full",
-                       **(stage if status != "excluded" else {}),
+                       **stage,  # an excluded device was offered the round's stage too
                        "estimate": split(need(label, seed, r, d))}
                 if status == "trained":
                     row |= {"memory": {"tensor": split(need(label, seed, r, d)),
@@ -400,6 +400,24 @@ def test_neulite_stage_figures_show_every_stage_exactly(suite, styles, tmp_path)
     assert gids == [f"stage {(r - 1) % 3 + 1}" for r in range(1, 31)]
 
 
+def test_the_stage_table_gives_each_stages_peaks_and_the_fleet_it_fits(suite):
+    """NEULITE.md's per-stage peaks as a table: the estimate a device needs, the highest measured
+    peak, and the share of the fleet each stage fits, for every stage."""
+    rows = stages.stage_table(suite.clients).set_index("Stage")
+    assert list(rows.index) == ["1", "2", "3"] and set(rows["Label"]) == {"neulite"}
+    for stage in (1, 2, 3):
+        rounds = [(s, r) for s in (0, 1) for r in range(1, 6) if stage_of(r) == stage]
+        estimated = max(need("neulite", s, r, d) for s, r in rounds for d in range(len(BUDGETS)))
+        measured = max(need("neulite", s, r, d) for s, r in rounds for d in trained_devices("neulite", s, r))
+        fits_share = sum(len(fits("neulite", s, r)) for s, r in rounds) / len(rounds) / len(BUDGETS)
+        assert rows.loc[str(stage), "Estimated peak (MB)"] == f"{estimated / MB:.2f}"
+        assert rows.loc[str(stage), "Measured peak (MB)"] == f"{measured / MB:.2f}"
+        assert rows.loc[str(stage), "Fleet that fits (%)"] == f"{100 * fits_share:.1f}"
+        assert rows.loc[str(stage), "Clients trained"] == sum(len(trained_devices("neulite", s, r)) for s, r in rounds)
+    assert rows["Fleet that fits (%)"].tolist() != ["100.0"] * 3  # stage 3 does not fit every device
+    assert stages.stage_table(suite.clients[suite.clients["label"] != "neulite"]) is None
+
+
 def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     summary, notes = summarize(suite, TARGET)
     assert notes == ["fedavg: 67% of its trained clients exceeded their memory budget; its accuracy and time "
@@ -448,6 +466,7 @@ def test_clients_measured_below_their_estimate_are_noted(suite):
 def test_summary_table_matches_hand_computed_values(rendered):
     _, out = rendered
     rows = table_rows((out / "summary.md").read_text())
+    assert "## Peak memory per stage" in (out / "summary.md").read_text()  # NeuLite's stages as a table too
     fedavg = rows["fedavg (over budget)"]
     assert fedavg["Seeds"] == "2 (min–max range)"
     assert fedavg["Final accuracy (%)"] == "86.0 (85.0–87.0)"  # final accuracies 0.85 and 0.87
