@@ -16,7 +16,7 @@ import torch
 
 from harness import interrupts
 from harness.config import ConfigError, OptimizerConfig, load_suite
-from harness.data import DATASETS, PARTITIONS, Batches, DataBundle, DataError, PartitionError, load_data
+from harness.data import DATASETS, PARTITIONS, Batches, DataError, PartitionError, load_data, random_bundle
 from harness.engine import EXECUTORS, RunExistsError, RunLostError, check_ray, resolve_device, run_suite
 from harness.fleet import FLEETS, MB, build_fleet
 from harness.memory import CATEGORIES
@@ -131,12 +131,9 @@ def measure_for_real(table: MemoryTable, method: Method, spec: TaskSpec) -> dict
     allocator's task peak, its overhead over the tracker and NVML's sampled peak."""
     from memory_profiler import memory_usage
 
-    shape, n = table.input_shape, table.batch * table.steps
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, table.num_classes, (n,), generator=g)
-    data = DataBundle("random", x, y, x, y, table.num_classes, (0.5,) * shape[0], (0.25,) * shape[0])
-    batches = Batches(data, torch.arange(n), table.batch, table.device)
+    n = table.batch * table.steps
+    batches = Batches(random_bundle(n, table.input_shape, table.num_classes), torch.arange(n), table.batch,
+                      table.device)
     baseline = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
     train = (lambda: spec.trained(method.build_task(spec)), batches, 1, table.optimizer, table.steps)
     peak_mb, result = memory_usage((train_local, train), interval=0.005, max_usage=True, retval=True)

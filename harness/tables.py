@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from harness.config import OptimizerConfig
-from harness.data import Batches, DataBundle
+from harness.data import Batches, random_bundle
 from harness.fleet import MB, Device
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import ModelSpec
@@ -85,10 +85,7 @@ def peak_table(model: str, batches: list[int]) -> str:
 def spot_check(model: str, batch: int) -> str:
     """The first task of every method trained for real on random data for two steps (the first
     measured, as in every client): the tracker's measured peak beside the estimate."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (2 * batch, *SHAPE), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, CLASSES, (2 * batch,), generator=g)
-    data = DataBundle("random", x, y, x, y, CLASSES, (0.5,) * 3, (0.25,) * 3)
+    data = random_bundle(2 * batch, SHAPE, CLASSES)
     lines = ["| method | task | estimate (bytes) | measured (bytes) | equal |", "|---|---|---|---|---|"]
     seen = set()
     for name, method, spec in all_method_tasks(model, batch):

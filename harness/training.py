@@ -260,9 +260,9 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: OptimizerConfig,
-                measure_steps: int, measure_rss: bool = True, context: str = "") -> LocalResult:
+                steps_to_measure: int, measure_rss: bool = True, context: str = "") -> LocalResult:
     """Build the client's task and train it. Memory is measured from the moment the task is built
-    (what it holds) and in the first ``measure_steps`` steps at each batch size that can hold the
+    (what it holds) and in the first ``steps_to_measure`` steps at each batch size that can hold the
     client's peak (``peak_batches``: its full batch; a short last one only if cut into a larger
     micro-batch), or in every step if they are not alike. The other steps run untracked, so
     measurement barely changes training speed (the process-level probes sample until the last
@@ -275,7 +275,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         model = task.model
         bytes_down = tensor_bytes(model.state_dict(keep_vars=True))
         optimizer = start_training(tracker, task, cfg)
-        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), measure_steps)  # steps left
+        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), steps_to_measure)  # steps left
         start = time.perf_counter()
         total, steps = 0.0, 0
         for _ in range(epochs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.config import OptimizerConfig
-from harness.data import Batches, DataBundle
+from harness.data import Batches, random_bundle
 from harness.memory import estimate_task
 from harness.models import ModelSpec, build_model
 from harness.training import Task, train_local
@@ -16,18 +16,11 @@ pytestmark = pytest.mark.benchmark
 OPT = OptimizerConfig()
 
 
-def cifar_like(n: int) -> DataBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return DataBundle("random", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3)
-
-
 @pytest.mark.parametrize("measure_steps", [0, 2], ids=["unmeasured", "measured"])
 def test_local_training_with_and_without_measurement(benchmark, measure_steps):
     """One client epoch of 20 steps of ResNet-18 at width 0.25; compare the two means."""
     benchmark.group = "local training: 20 steps, resnet18 x0.25, batch 32"
-    data = cifar_like(640)
+    data = random_bundle(640, (3, 32, 32))
     spec = ModelSpec("resnet18", 10, 3, 32)
 
     def run():

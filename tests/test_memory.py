@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import OptimizerConfig
-from harness.data import Batches, DataBundle
+from harness.data import Batches, random_bundle
 from harness.memory import CATEGORIES, TensorTracker, estimate_task, sources
 from harness.memory.tracker import MemoryReport, made_aside
 from harness.methods import load_weights
@@ -36,13 +36,6 @@ OPT = OptimizerConfig(lr=0.01, momentum=0.9, weight_decay=5e-4)
 CPU = torch.device("cpu")
 
 
-def random_bundle(n: int, shape: tuple[int, ...]) -> DataBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return DataBundle("random", x, y, x[:8], y[:8], 10, (0.5,) * shape[0], (0.25,) * shape[0])
-
-
 def frozen_task(name: str, shape: tuple[int, ...], frozen: int) -> Task:
     model = build_model(ModelSpec(name, 10, shape[0], shape[-1]))
     for block in model.blocks[:frozen]:
@@ -58,7 +51,7 @@ def test_estimate_equals_measured_training_peak(name, shape, frozen, batch):
     estimate = estimate_task(lambda: frozen_task(name, shape, frozen), shape, 10, batch, OPT, steps=2).memory
     torch.manual_seed(0)
     batches = Batches(random_bundle(2 * batch, shape), torch.arange(2 * batch), batch, CPU)
-    measured = train_local(lambda: frozen_task(name, shape, frozen), batches, 1, OPT, measure_steps=2,
+    measured = train_local(lambda: frozen_task(name, shape, frozen), batches, 1, OPT, steps_to_measure=2,
                            measure_rss=False)
     tensor = measured.memory["tensor"]
     assert abs(estimate.peak - tensor["peak"]) <= 0.01 * tensor["peak"]
@@ -329,7 +322,8 @@ def test_a_clients_tracker_is_freed_when_training_ends(monkeypatch):
 
 def test_only_the_measured_steps_are_tracked():
     batches = Batches(random_bundle(96, (1, 8, 8)), torch.arange(96), 32, CPU)
-    result = train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 2, OPT, measure_steps=2, measure_rss=False)
+    result = train_local(lambda: frozen_task("cnn", (1, 8, 8), 0), batches, 2, OPT, steps_to_measure=2,
+                         measure_rss=False)
     assert result.steps == 6 and result.memory["tensor"]["peak"] > 0
 
 
@@ -475,7 +469,7 @@ def test_short_batches_do_not_hide_the_peak():
         return Task(build_model(ModelSpec("cnn", 10, 1, 8)), micro_batch=2)
 
     batches = Batches(random_bundle(37, shape), torch.arange(37), 32, CPU)
-    result = train_local(build, batches, 2, OPT, measure_steps=1, measure_rss=False)
+    result = train_local(build, batches, 2, OPT, steps_to_measure=1, measure_rss=False)
     both = estimate_task(build, shape, 10, [32, 5], OPT).memory
     assert result.steps == 4 and result.memory["tensor"] == both.to_record()
     assert both.peak > estimate_task(build, shape, 10, 32, OPT).memory.peak
@@ -505,7 +499,7 @@ def test_steps_that_are_not_alike_are_all_measured():
 def test_a_client_smaller_than_a_batch_is_measured_at_its_own_size():
     shape = (1, 8, 8)
     batches = Batches(random_bundle(20, shape), torch.arange(20), 32, CPU)
-    result = train_local(lambda: frozen_task("cnn", shape, 0), batches, 3, OPT, measure_steps=1, measure_rss=False)
+    result = train_local(lambda: frozen_task("cnn", shape, 0), batches, 3, OPT, steps_to_measure=1, measure_rss=False)
     at_20 = estimate_task(lambda: frozen_task("cnn", shape, 0), shape, 10, 20, OPT).memory
     assert result.memory["tensor"] == at_20.to_record()
 

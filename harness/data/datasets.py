@@ -73,6 +73,15 @@ def from_arrays(name: str, images: np.ndarray, labels: np.ndarray, test_fraction
     return DataBundle(name, train_x, train_y, x[test_mask], y[test_mask], num_classes, mean, std)
 
 
+def random_bundle(n: int, shape: tuple[int, ...], num_classes: int = 10, seed: int = 0) -> DataBundle:
+    """``n`` seeded random images and labels as both train and test set: for measuring memory and
+    time, which do not depend on the values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return DataBundle("random", x, y, x, y, num_classes, (0.5,) * shape[0], (0.25,) * shape[0])
+
+
 @register_dataset("digits")
 def digits(cfg: DataConfig) -> DataBundle:
     """scikit-learn's 1,797 8x8 handwritten digits (ships with the package; the embedded default)."""
