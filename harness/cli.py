@@ -19,6 +19,7 @@ from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataError, PartitionError, load_data, random_bundle
 from harness.engine import EXECUTORS, RunExistsError, RunLostError, check_ray, resolve_device, run_suite
 from harness.fleet import FLEETS, MB, build_fleet
+from harness.markdown import markdown_head, markdown_row, markdown_table
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import MODELS, ModelSpec, input_error
@@ -172,12 +173,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
     full = rows[0][2]["peak"]
     head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
     print(f"# estimated training peak: {table.title}")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    print(markdown_head(head))
     for _, label, rec in rows:
         cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
                  f"{100 * (rec['peak'] / full - 1):+.1f}%"]
-        print("| " + " | ".join(cells) + " |")
+        print(markdown_row(cells))
     for reason in untrainable:
         print(f"not in the table: {reason}")
     if args.measure:
@@ -187,11 +187,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
         print(f"\n# measured for real on random data on {device_name(table.device)}, each task in a fresh process "
               "(MB; rss and memory-profiler are process deltas, which include allocator caches and are never "
               "comparable byte for byte)")
-        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        print(markdown_head(head))
         for (_, label, rec), real in zip(rows, measure_rows(args, [index for index, _, _ in rows])):
             cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{real[k]:.2f}" if k in real else "absent" for k in
                      ("tensor", "rss", "memory-profiler", *(("allocator", "overhead", "nvml") if gpu else ()))]]
-            print("| " + " | ".join(cells) + " |")
+            print(markdown_row(cells))
     return 0
 
 
@@ -219,20 +219,19 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     timing = compare(cfg, args.repeats)
     print(f"# FedAvg of suite {cfg.name}, seed {cfg.seeds[0]}, {cfg.rounds} rounds, {cfg.clients_per_round} "
           f"clients per round, on {device_name(resolve_device(cfg.device))}; best of {args.repeats}")
-    print("| path | seconds | final accuracy |\n|---|---|---|")
     rows = (("harness (estimates, measurement, records)", timing.harness_s, timing.harness_accuracy),
             ("bare PyTorch loop", timing.bare_s, timing.bare_accuracy))
-    for path, seconds, accuracy in rows:
-        print(f"| {path} | {seconds:.2f} | {100 * accuracy:.1f}% |")
+    print(markdown_table(["path", "seconds", "final accuracy"],
+                         ([path, f"{seconds:.2f}", f"{100 * accuracy:.1f}%"] for path, seconds, accuracy in rows)))
     print(f"harness / bare: {timing.ratio:.2f}x")
     if len(timing.pairs) > 1:
         ratios = timing.pair_ratios
         print(f"run by run: {' '.join(f'{r:.2f}x' for r in ratios)} (the first harness run pays one-off imports; "
               f"median of the others {statistics.median(ratios[1:]):.2f}x)")
     print("\n# where the harness's time goes (its best run; each part without the parts it calls)")
-    print("| part | seconds | calls | share |\n|---|---|---|---|")
-    for part, seconds, calls in timing.parts:
-        print(f"| {part} | {seconds:.2f} | {calls} | {100 * seconds / timing.harness_s:.0f}% |")
+    print(markdown_table(["part", "seconds", "calls", "share"],
+                         ([part, f"{seconds:.2f}", str(calls), f"{100 * seconds / timing.harness_s:.0f}%"]
+                          for part, seconds, calls in timing.parts)))
     return 0
 
 
@@ -244,9 +243,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     paths, task_ms = compare(cfg)
     print(f"# suite {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds x {cfg.rounds} rounds on "
           f"{device_name(resolve_device(cfg.device))}; ray: {cfg.ray.num_cpus:g} CPU(s) per run")
-    print("| executor | seconds | final accuracy per method |\n|---|---|---|")
-    for path in paths:
-        print(f"| {path.executor} | {path.seconds:.1f} | {', '.join(f'{k} {v}' for k, v in path.accuracy.items())} |")
+    accuracies = (", ".join(f"{k} {v}" for k, v in path.accuracy.items()) for path in paths)
+    print(markdown_table(["executor", "seconds", "final accuracy per method"],
+                         ([path.executor, f"{path.seconds:.1f}", acc] for path, acc in zip(paths, accuracies))))
     print(f"local / ray: {paths[0].seconds / paths[1].seconds:.2f}x")
     print(f"ray per-task cost (an empty task, warm workers): {task_ms:.2f} ms")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 
 from harness.fleet import MB
+from harness.markdown import markdown_table
 from harness.records import read_jsonl
 
 
@@ -44,6 +45,4 @@ def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
 
 def format_table(rows: list[list[str]]) -> str:
     head = ["method", "final acc", "best acc", "peak MB", "participation", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(head, rows)

@@ -12,6 +12,7 @@ import torch
 from harness.config import OptimizerConfig
 from harness.data import Batches, random_bundle
 from harness.fleet import MB, Device
+from harness.markdown import markdown_head, markdown_row
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import ModelSpec
 from harness.training import train_local
@@ -64,7 +65,7 @@ def peak_table(model: str, batches: list[int]) -> str:
     rows = list(dict.fromkeys(key for b in reversed(batches) for key in columns[b]))  # larger: more options
     rows.sort(key=lambda key: METHODS.names().index(key[0]))  # stable: each method's tasks stay in order
     head = ["method", "task", *[c for b in batches for c in (f"batch {b} (MB)", f"vs full at {b}")]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [markdown_head(head)]
     for key in rows:
         cells = list(key)
         for b in batches:
@@ -78,7 +79,7 @@ def peak_table(model: str, batches: list[int]) -> str:
                 cells += ["cannot train", "-"]
                 continue
             cells += [f"{peak / MB:.2f}", f"{100 * peak / full[b]:.1f}%"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 
@@ -86,7 +87,7 @@ def spot_check(model: str, batch: int) -> str:
     """The first task of every method trained for real on random data for two steps (the first
     measured, as in every client): the tracker's measured peak beside the estimate."""
     data = random_bundle(2 * batch, SHAPE, CLASSES)
-    lines = ["| method | task | estimate (bytes) | measured (bytes) | equal |", "|---|---|---|---|---|"]
+    lines = [markdown_head(["method", "task", "estimate (bytes)", "measured (bytes)", "equal"])]
     seen = set()
     for name, method, spec in all_method_tasks(model, batch):
         if name in seen:
@@ -97,7 +98,7 @@ def spot_check(model: str, batch: int) -> str:
                                1, measure_rss=False).memory["tensor"]["peak"]
         estimate = method.estimate(spec).peak
         same = "yes" if estimate == measured else "NO"
-        lines.append(f"| {name} | {spec.label} | {estimate:,} | {measured:,} | {same} |")
+        lines.append(markdown_row([name, spec.label, f"{estimate:,}", f"{measured:,}", same]))
     return "\n".join(lines)
 
 
