@@ -17,7 +17,15 @@ import torch
 from harness import interrupts
 from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataError, PartitionError, load_data, random_bundle
-from harness.engine import EXECUTORS, RunExistsError, RunLostError, check_ray, resolve_device, run_suite
+from harness.engine import (
+    EXECUTORS,
+    RunExistsError,
+    RunLostError,
+    check_ray,
+    resolve_device,
+    run_suite,
+    suite_model_spec,
+)
 from harness.fleet import FLEETS, MB, build_fleet
 from harness.markdown import markdown_head, markdown_row, markdown_table
 from harness.memory import CATEGORIES
@@ -100,11 +108,8 @@ def suite_table(args: argparse.Namespace, device: torch.device) -> MemoryTable:
     data = load_data(cfg.data)
     shape = tuple(data.train_x.shape[1:])
     estimator = Estimator(shape, data.num_classes, cfg.batch_size, cfg.optimizer, cfg.measure.steps, device)
-    spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
-    if (error := input_error(spec, cfg.model.width)) is not None:
-        raise ConfigError(f"{error}; choose a model that takes {data.name} images")
-    ctx = MethodContext(spec, cfg.model.width, shape, data.num_classes, build_fleet(cfg.fleet, cfg.seeds[0]),
-                        cfg.seeds[0], device, estimator, rounds=cfg.rounds)
+    ctx = MethodContext(suite_model_spec(cfg, data), cfg.model.width, shape, data.num_classes,
+                        build_fleet(cfg.fleet, cfg.seeds[0]), cfg.seeds[0], device, estimator, rounds=cfg.rounds)
     tasks = [full_model_task(ctx)]
     for entry in cfg.methods:
         cls = METHODS[entry.method]

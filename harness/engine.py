@@ -263,9 +263,7 @@ class Run:
             raise ConfigError("measure.gate = 'allocator' adds a GPU allocator's overhead to the estimate; "
                               f"it needs a CUDA device, and this run is on {device.type}")
         input_shape = tuple(data.train_x.shape[1:])
-        spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
-        if (error := input_error(spec, cfg.model.width)) is not None:
-            raise ConfigError(f"{error}; choose a model that takes {data.name} images")
+        spec = suite_model_spec(cfg, data)
         labels = {d.id: torch.bincount(data.train_y[p], minlength=data.num_classes).tolist()
                   for d, p in zip(self.fleet, self.parts)}
         self.ctx = MethodContext(spec, cfg.model.width, input_shape, data.num_classes, self.fleet, seed,
@@ -510,6 +508,15 @@ def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry,
         config["rounds"] = max(old.get("rounds", 0), config["rounds"])
     return {"suite": cfg.name, "config": config, "versions": versions(), "git_commit": git_commit(),
             "started": earlier.get("started", now()), "runs": listed}
+
+
+def suite_model_spec(cfg: SuiteConfig, data: DataBundle) -> ModelSpec:
+    """The suite's model for its data set's images and classes; refused (before anything runs)
+    if the model cannot take those images."""
+    spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+    if (error := input_error(spec, cfg.model.width)) is not None:
+        raise ConfigError(f"{error}; choose a model that takes {data.name} images")
+    return spec
 
 
 def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device,

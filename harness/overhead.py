@@ -20,10 +20,20 @@ import torch
 from harness import engine, methods, training
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
-from harness.engine import Run, client_batches, derived_seed, evaluates, resolve_device, run_name, run_suite, sample
+from harness.engine import (
+    Run,
+    client_batches,
+    derived_seed,
+    evaluates,
+    resolve_device,
+    run_name,
+    run_suite,
+    sample,
+    suite_model_spec,
+)
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
-from harness.models import ModelSpec, build_model
+from harness.models import build_model
 from harness.records import RunWriter, read_jsonl
 from harness.training import Task, evaluate, make_optimizer, round_optimizer, training_step
 
@@ -112,7 +122,7 @@ def bare_fedavg(cfg: SuiteConfig, seed: int) -> tuple[float, float]:
     data = load_data(cfg.data)
     devices = len(build_fleet(cfg.fleet, seed))
     parts = partition(data.train_y, devices, cfg.data, seed)
-    spec = ModelSpec(cfg.model.name, data.num_classes, data.in_channels, data.image_size)
+    spec = suite_model_spec(cfg, data)
     torch.manual_seed(derived_seed(seed, 0))
     model = build_model(spec, cfg.model.width)
     test = Batches(data, torch.arange(len(data.test_y)), cfg.eval_batch_size, device, train=False)
