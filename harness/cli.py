@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=EXECUTORS.names(),
                      help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("list", help="list methods, models, data sets").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="list methods, models, data sets, partitions and fleet distributions").set_defaults(
+        func=cmd_list)
     mem = sub.add_parser("memory", help="estimated training peak of a model's or a suite's tasks, by category")
     mem.add_argument("model", nargs="?", help="a registered model (or give --suite)")
     mem.add_argument("--suite", help="tabulate exactly this suite file's tasks, with its data, batch and methods")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -158,6 +159,21 @@ def test_exactly_the_specified_parameters_receive_gradients(name, shape, width, 
         assert optimized == {id(p) for n, p in task.model.named_parameters() if n in want}
 
 
+def test_harmonizer_off_trains_no_overlap_and_refreshes_by_inheritance_only(monkeypatch):
+    """``harmonizer = false``: stage t trains block t and its output module alone (the default
+    overlap of 1 is off), and the refresh before a stage never copies from the full model."""
+    refreshed = []
+    monkeypatch.setattr(importlib.import_module("neulite.method"), "refresh",
+                        lambda stages, t, full_trained, from_full: refreshed.append(from_full))
+    for harmonizer in (False, True):
+        method = neulite(context("resnet18", (3, 32, 32), 0.125), harmonizer=harmonizer)
+        task = method.build_task(TaskSpec("stage", 2))
+        trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+        assert trainable == expected_trainable("resnet18", task.model, 1 if harmonizer else 0)
+        method.choose(2, Device(0, 2**40))
+    assert refreshed == [False, True]
+
+
 def test_overlap_modules_are_the_block_tail():
     block = context("resnet18", (3, 32, 32), 0.125).build_model().blocks[1]
     unit = block[-1]
@@ -193,6 +209,12 @@ def test_mentor_terms_lower_the_loss_by_the_weighted_nhsic():
     ce = nn.functional.cross_entropy(task.model.out.head.fc(pooled), y)
     want = ce - 0.5 * nhsic(z.flatten(1), x.flatten(1), SIGMA)
     assert torch.allclose(task.loss(task.model, x, y), want)
+    both = neulite(lambda1=[0.5], lambda2=[0.7]).build_task(TaskSpec("stage", 2))  # the label term: P(z_t) and Y
+    z, pooled = both.model.features(x)
+    ce = nn.functional.cross_entropy(both.model.out.head.fc(pooled), y)
+    labels = nhsic(both.model.out.proj(pooled), nn.functional.one_hot(y, 10).float(), SIGMA)
+    assert labels > 0 and torch.allclose(both.loss(both.model, x, y),
+                                         ce - 0.5 * nhsic(z.flatten(1), x.flatten(1), SIGMA) - 0.7 * labels)
 
 
 # -- harmonizer refresh -------------------------------------------------------------------------

@@ -307,6 +307,13 @@ def test_memory_by_method_shows_peaks_task_ranges_and_who_fits(suite, styles):
         assert share == pytest.approx(np.mean([b / MB >= level for b in BUDGETS]))
 
 
+def test_reports_read_the_memory_categories_the_tracker_writes():
+    """reports/ imports no training code, so it keeps its own copy of the category names."""
+    from harness.memory import CATEGORIES as WRITTEN
+
+    assert CATEGORIES == WRITTEN
+
+
 def test_participation_is_the_share_of_the_fleet(suite, styles):
     fits_ax, took_part_ax = figures.participation(suite.rounds, suite.clients, styles).axes
     for ax, count in ((fits_ax, lambda lb, seed, r: len(fits(lb, seed, r))),

@@ -1,8 +1,8 @@
 """The shape every model of the zoo shares: a sequence of blocks plus a classifier head.
 
 Progressive methods address "block t", width methods build a narrower twin whose tensors map onto
-the full model's leftmost channels, and depth methods cut after block k; all of them rely only on
-what is declared here.
+a subset of the full model's channels (the leftmost, or FedRolex's rolling window), and depth
+methods cut after block k; all of them rely only on what is declared here.
 """
 
 from __future__ import annotations
