@@ -282,6 +282,7 @@ def validate(suite: SuiteConfig) -> None:
     from harness.methods import METHODS
     from harness.models import MODELS
 
+    METHODS.names()  # imports the built-in methods and FL_HARNESS_PLUGINS, which may register any of the names below
     for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size", "eval_every"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
     _check_name(suite.name, "name")

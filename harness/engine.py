@@ -329,6 +329,7 @@ class Run:
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
+                self.record_rounds_asked()
         if first > self.cfg.rounds:
             return
         clients = client_trainer(self.cfg, self.data, self.device, self.log)
@@ -370,6 +371,14 @@ class Run:
                 raise ConfigError(f"cannot resume {self.writer.folder}: this config now gives another {part} than "
                                   "the one its records were made with (an edited trace file, or a harness "
                                   "version that partitions differently); rerun it with another --out")
+
+    def record_rounds_asked(self) -> None:
+        """A resume that adds rounds: the manifest then says how many the run is asked for, which the
+        reports hold it to (a learning-rate schedule refuses other rounds, so its span stays)."""
+        manifest = self.writer.read_manifest()
+        if manifest.get("config", {}).get("rounds") != self.cfg.rounds:
+            manifest.setdefault("config", {})["rounds"] = self.cfg.rounds
+            self.writer.write_manifest(manifest)
 
     def manifest_identity(self) -> dict[str, dict[str, Any]]:
         config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}

@@ -89,7 +89,8 @@ def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: st
     if x == "round":
         round_axis(ax)
     ax.set(xlabel=xlabel, ylabel="Test accuracy", title=title)
-    notes = [band_note(data), "dashed: ran over budget" if any(s.get("over_budget") for s in styles.values()) else None]
+    over = any(styles[label].get("over_budget") for label in data["label"].unique())
+    notes = [band_note(data), "dashed: ran over budget" if over else None]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
@@ -110,13 +111,7 @@ def name_overlapping_ends(ax: Axes, tolerance: float = 0.015) -> None:
     """Lines that end on one value hide each other: name them together at their end."""
     ends = sorted((line.get_ydata()[-1], line.get_xdata()[-1], line.get_label()) for line in ax.get_lines()
                   if len(line.get_xdata()))
-    groups: list[list[tuple]] = []
-    for end in ends:
-        if groups and end[0] - groups[-1][0][0] <= tolerance:
-            groups[-1].append(end)
-        else:
-            groups.append([end])
-    for group in groups:
+    for group in ([ends[i] for i in near] for near in near_groups([e[0] for e in ends], tolerance)):
         if len(group) > 1:
             y, x = group[0][0], max(e[1] for e in group)
             names = textwrap.fill(", ".join(e[2] for e in group), 36)  # many names: lines, kept in the panel
@@ -166,13 +161,8 @@ def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], suites:
             bx.plot([(own >= level).mean()], [level], marker=styles[label]["marker"], color=color,
                     markeredgecolor="black", markeredgewidth=0.5, gid=f"fits {label}")
     near = 0.02 * bx.get_ylim()[1]  # lines this close hide each other: one text names them all
-    groups: list[list[str]] = []
-    for label in sorted(levels, key=levels.get):
-        if groups and levels[label] - levels[groups[-1][0]] <= near:
-            groups[-1].append(label)
-        else:
-            groups.append([label])
-    for shared in groups:
+    ordered = sorted(levels, key=levels.get)
+    for shared in ([ordered[i] for i in group] for group in near_groups([levels[k] for k in ordered], near)):
         bx.annotate(", ".join(styles[label]["name"] for label in shared), (0.02, levels[shared[-1]]),
                     xytext=(0, 2), textcoords="offset points", fontsize="xx-small", color="0.25", va="bottom",
                     gid="levels " + ", ".join(shared))
@@ -239,11 +229,12 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
     return fig
 
 
-def dodge_groups(x: np.ndarray, tolerance: float) -> list[list[int]]:
-    """Indices of points grouped by x (within ``tolerance``), each group sorted by index."""
+def near_groups(values: Sequence[float], tolerance: float) -> list[list[int]]:
+    """Indices of ``values`` grouped where they lie within ``tolerance`` of their group's first (in
+    ascending order): things drawn that close hide each other."""
     groups: list[list[int]] = []
-    for i in np.argsort(x, kind="stable"):
-        if groups and abs(x[i] - x[groups[-1][0]]) <= tolerance:
+    for i in np.argsort(np.asarray(values, dtype=float), kind="stable"):
+        if groups and abs(values[i] - values[groups[-1][0]]) <= tolerance:
             groups[-1].append(int(i))
         else:
             groups.append([int(i)])
@@ -257,6 +248,25 @@ def spread(values: list[float], gap: float) -> list[float]:
         out[i] = max(out[i], out[i - 1] + gap)
     shift = (sum(values) - sum(out)) / len(out)
     return [v + shift for v in out]
+
+
+def names_side(x: np.ndarray, y: np.ndarray, group: list[int], names_y: list[float], ax: Axes,
+               span: float) -> tuple[float, str]:
+    """Where a memory group's names go (x, alignment): right of it, or left where another point
+    would lie under them on the right and none on the left (and the axis leaves room there)."""
+    others = np.delete(np.arange(len(x)), group)
+    low, high = min(names_y), max(names_y)
+    pad = 0.05 * (ax.get_ylim()[1] - ax.get_ylim()[0])
+    beside = others[(y[others] >= low - pad) & (y[others] <= high + pad)]
+    right, left = x[group].max() + 0.1 * span, x[group].min() - 0.1 * span
+
+    def blocked(a: float, b: float) -> bool:
+        return bool(((x[beside] > a) & (x[beside] < b)).any())
+
+    if blocked(x[group].max(), right + 0.3 * span) and left - 0.3 * span >= ax.get_xlim()[0] \
+            and not blocked(left - 0.3 * span, x[group].min()):
+        return left, "right"
+    return right, "left"
 
 
 @themed
@@ -277,9 +287,10 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     pad = 0.05 * max(high.max() - low.min(), 0.05)
     ax.set_xlim(x.min() - 0.08 * span, x.max() + 0.35 * span)
     ax.set_ylim(max(low.min() - pad, 0.0), min(high.max() + pad, 1.02))
-    for group in dodge_groups(x, 0.015 * span):
+    for group in near_groups(x, 0.015 * span):
         group.sort(key=lambda i: y[i])
         names_y = spread([y[i] for i in group], 0.05 * (ax.get_ylim()[1] - ax.get_ylim()[0]))
+        name_x, align = names_side(x, y, group, names_y, ax, span)
         for i, name_y in zip(group, names_y, strict=True):
             label, row, style = labels[i], points.iloc[i], styles[labels[i]]
             yerr = None
@@ -291,8 +302,8 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
             if on_front[i]:
                 ax.scatter([x[i]], [y[i]], s=200, facecolor="none", edgecolor="0.3", linewidth=1.0,
                            gid=f"front {label}")
-            ax.annotate(style["name"], (x[i], y[i]), xytext=(max(x[j] for j in group) + 0.1 * span, name_y),
-                        textcoords="data", va="center", fontsize="x-small", color=style["color"], gid=f"name {label}",
+            ax.annotate(style["name"], (x[i], y[i]), xytext=(name_x, name_y), textcoords="data", ha=align,
+                        va="center", fontsize="x-small", color=style["color"], gid=f"name {label}",
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     front = points[on_front].sort_values("peak_mb")
     ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
@@ -301,7 +312,7 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Final test accuracy",
            title="Memory against accuracy (up and left is better)")
     bars = interval_note(points["seeds"]) if "seeds" in points else None
-    notes = ["hollow: ran over budget" if not feasible.all() else None, f"bars: {bars}" if bars else None]
+    notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
@@ -346,7 +357,7 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
            title=f"Device time to {target:.0%} accuracy ({against})")
     bars_note = interval_note(rows["reached"].dropna(), clipped="")
     notes = ["hatched: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
-             f"bars: {bars_note} of those that reached it" if bars_note else None,
+             f"error bars: {bars_note} of those that reached it" if bars_note else None,
              "speed-up only where every seed of both reached it"]
     ax.text(1.02, 1.0, "\n".join(n for n in notes if n), transform=ax.transAxes, va="top", fontsize="x-small",
             color="0.3", gid="notes")

@@ -157,8 +157,7 @@ def load_suite(path: str | Path) -> Suite:
         rounds += run_rounds
         clients += [{**c, **identity}
                     for c in read_jsonl(folder / "clients.jsonl", notes, f"{run['dir']}/clients.jsonl")]
-        # the suite's rounds (suite.json: its last start or resume), else those the run started with
-        expected = (info.get("config") or manifest.get("config") or {}).get("rounds")
+        expected = (manifest.get("config") or info.get("config") or {}).get("rounds")  # the run's own, as resumed
         recorded = len({r.get("round") for r in run_rounds})
         if expected and recorded < expected:
             notes.append(f"{name}: {recorded} of {expected} rounds recorded (still running or stopped)")

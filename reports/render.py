@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from reports import figures, stages
 from reports.compare import load_suites
 from reports.html import index_html
@@ -31,7 +33,7 @@ class Report:
     notes: list[str]
 
 
-def stage_sections(clients) -> list[Section]:
+def stage_sections(clients: pd.DataFrame) -> list[Section]:
     """NeuLite's peaks per stage as a table, when some label trains in stages."""
     table = stages.stage_table(clients)
     if table is None:

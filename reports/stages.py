@@ -64,19 +64,23 @@ def neulite_stage_memory(clients: pd.DataFrame, styles: dict) -> Figure | None:
 def stage_table(clients: pd.DataFrame) -> pd.DataFrame | None:
     """Per label with stages and per stage: the task's estimated peak (what a device needs), the
     highest measured peak, the share of the fleet it fits (mean over rounds and seeds) and the
-    clients trained; None when no record has a stage. The suite's peak over all stages is the
-    largest of each label's rows."""
+    clients trained; None when no record has a stage. A label's peak over all stages is its
+    largest row."""
     staged = _staged(clients)
     if staged.empty:
         return None
+
+    def mb(value: float) -> str:
+        return megabytes(value / MB) if pd.notna(value) else "–"
+
     rows = []
     for (label, stage), group in staged.groupby(["label", "stage"], sort=True):
-        trained = group[group["status"] == "trained"]
+        trained = group[group["status"] == "trained"] if "status" in group else group.iloc[0:0]
         fits = fits_per_round(group)["fits"].mean()
-        rows.append({"Label": label, "Stage": stage_name(stage),
-                     "Estimated peak (MB)": megabytes(group[ESTIMATE].max() / MB),
-                     "Measured peak (MB)": megabytes(trained[PEAK].max() / MB) if len(trained) else "none trained",
-                     "Fleet that fits (%)": f"{100 * fits:.1f}", "Clients trained": len(trained)})
+        rows.append({"Label": label, "Stage": stage_name(stage), "Estimated peak (MB)": mb(group[ESTIMATE].max()),
+                     "Measured peak (MB)": mb(trained[PEAK].max()) if len(trained) else "none trained",
+                     "Fleet that fits (%)": f"{100 * fits:.1f}" if pd.notna(fits) else "–",
+                     "Clients trained": len(trained)})
     return pd.DataFrame(rows)
 
 

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.benchmark
 OPT = OptimizerConfig()
 
 
-@pytest.mark.parametrize("measure_steps", [0, 2], ids=["unmeasured", "measured"])
-def test_local_training_with_and_without_measurement(benchmark, measure_steps):
+@pytest.mark.parametrize("steps_to_measure", [0, 2], ids=["unmeasured", "measured"])
+def test_local_training_with_and_without_measurement(benchmark, steps_to_measure):
     """One client epoch of 20 steps of ResNet-18 at width 0.25; compare the two means."""
     benchmark.group = "local training: 20 steps, resnet18 x0.25, batch 32"
     data = random_bundle(640, (3, 32, 32))
@@ -26,7 +26,7 @@ def test_local_training_with_and_without_measurement(benchmark, measure_steps):
     def run():
         torch.manual_seed(0)
         batches = Batches(data, torch.arange(640), 32, torch.device("cpu"))
-        return train_local(lambda: Task(build_model(spec, 0.25)), batches, 1, OPT, measure_steps, measure_rss=True)
+        return train_local(lambda: Task(build_model(spec, 0.25)), batches, 1, OPT, steps_to_measure, measure_rss=True)
 
     result = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert result.steps == 20

@@ -1,5 +1,9 @@
 """Strict config validation: one clear error, naming the key, before anything trains."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from conftest import REPO, tiny_raw, tiny_suite
 
@@ -80,15 +84,27 @@ def test_unknown_names_list_allowed_values():
     assert "fleet.distribution: unknown distribution 'zipf'; allowed: even, lognormal, tiers, trace, uniform" in msg
 
 
-def test_a_registered_partition_and_fleet_distribution_are_usable_from_a_suite(monkeypatch):
-    """The registries own the names: a suite may use what a plugin registers."""
-    from harness.data import PARTITIONS
-    from harness.fleet import FLEETS
-
-    monkeypatch.setitem(PARTITIONS._entries, "halves", PARTITIONS["iid"])
-    monkeypatch.setitem(FLEETS._entries, "flat", FLEETS["even"])
-    suite = suite_from_dict(tiny_raw(data={"partition": "halves"}, fleet={"distribution": "flat"}))
-    assert (suite.data.partition, suite.fleet.distribution) == ("halves", "flat")
+def test_a_plugin_may_register_what_a_suite_names(tmp_path):
+    """The registries own the names: a partition, fleet distribution, data set and model that an
+    ``FL_HARNESS_PLUGINS`` module registers are usable from a suite file."""
+    (tmp_path / "my_parts.py").write_text(
+        "from harness.data import PARTITIONS, register_dataset\n"
+        "from harness.data.datasets import digits\n"
+        "from harness.fleet import FLEETS\n"
+        "from harness.models import MODELS\n"
+        "PARTITIONS.register('halves')(PARTITIONS['iid'])\n"
+        "FLEETS.register('flat')(FLEETS['even'])\n"
+        "register_dataset('my_digits')(digits)\n"
+        "MODELS.register('my_cnn')(MODELS['cnn'])\n")
+    suite = tmp_path / "suite.toml"
+    suite.write_text((REPO / "suites" / "quick.toml").read_text())
+    probe = (f"from harness.config import load_suite; s = load_suite({str(suite)!r}, ['data.partition=halves', "
+             "'fleet.distribution=flat', 'data.name=my_digits', 'model.name=my_cnn']); "
+             "print(s.data.partition, s.fleet.distribution, s.data.name, s.model.name)")
+    env = {**os.environ, "FL_HARNESS_PLUGINS": "my_parts", "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["halves", "flat", "my_digits", "my_cnn"]
 
 
 def test_method_params_are_validated():

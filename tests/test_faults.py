@@ -286,18 +286,23 @@ def test_a_resume_with_fewer_rounds_than_recorded_is_refused(tmp_path, quiet):
 
 
 def test_a_resume_that_adds_rounds_and_stops_short_reads_as_stopped(tmp_path, quiet):
-    """The run's manifest keeps the rounds it started with; the report holds it to the suite's."""
+    """A resume that adds rounds writes them into the run's manifest, which the report holds the run
+    to; a finished run the resume did not touch keeps its own."""
     from reports.load import load_suite
 
-    run_suite(tiny_suite(rounds=2), tmp_path, log=quiet)
+    run_suite(tiny_suite(rounds=2, seeds=[0, 1]), tmp_path, log=quiet)
 
     def stop_after_round_3(line: str) -> None:
         if " round 3/" in line:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_suite(tiny_suite(rounds=4), tmp_path, resume=True, log=stop_after_round_3)
-    assert "fedavg seed 0: 3 of 4 rounds recorded (still running or stopped)" in load_suite(tmp_path / "tiny").notes
+        run_suite(tiny_suite(rounds=4, seeds=[0]), tmp_path, resume=True, log=stop_after_round_3)
+    manifest = json.loads((tmp_path / "tiny" / "fedavg-seed0" / "manifest.json").read_text())
+    assert manifest["config"]["rounds"] == 4
+    notes = load_suite(tmp_path / "tiny").notes
+    assert "fedavg seed 0: 3 of 4 rounds recorded (still running or stopped)" in notes
+    assert not any(note.startswith("fedavg seed 1") for note in notes)  # 2 of its 2 rounds
 
 
 def test_a_deleted_checkpoint_does_not_drop_the_finished_rounds(tmp_path, quiet):

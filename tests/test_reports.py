@@ -461,6 +461,25 @@ def test_a_speed_up_needs_every_seed_of_both_to_reach_the_target(suite):
     assert "heterofl: reached 73% in 1 of 2 seeds; time is their mean" in notes
 
 
+def test_notes_and_legends_say_what_is_drawn(suite, styles):
+    _, notes = summarize(suite, 0.99)
+    assert any(note.startswith("no method reached 99%: time to target n/a") for note in notes)
+    untimed = suite.rounds.drop(columns="device_wall_time").assign(device_wall_time=math.nan)
+    _, notes = summarize(dataclasses.replace(suite, rounds=untimed), 0.99)  # records before device time
+    assert not any(note.startswith("no method reached") for note in notes)
+    rounds = suite.rounds.copy()
+    rounds.loc[(rounds["label"] == "fedavg") & (rounds["seed"] == 1), "accuracy"] = 0.5
+    assert "fedavg has not reached 73% in every seed: speed-up n/a" in summarize(
+        dataclasses.replace(suite, rounds=rounds), TARGET)[1]
+    ax = figures.accuracy_vs_round(suite.rounds, styles).axes[0]
+    styles_drawn = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+    assert styles_drawn["fedavg (over budget)"] == "--" and styles_drawn["heterofl"] == "-"
+    title = ax.get_legend().get_title().get_text()
+    assert title.endswith("min–max (2 seeds), clipped to 0–100%\ndashed: ran over budget")
+    legend = figures.memory_vs_accuracy(summarize(suite, TARGET)[0], styles).axes[0].get_legend()
+    assert legend.get_title().get_text() == "hollow: ran over budget\nerror bars: min–max (2 seeds), clipped to 0–100%"
+
+
 def test_clients_measured_below_their_estimate_are_noted(suite):
     clients = suite.clients.copy()
     trained = clients.index[(clients["label"] == "heterofl") & (clients["status"] == "trained")]
