@@ -7,7 +7,6 @@ and aggregates the trained one; the full model (stage T) is the deployable, head
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -118,26 +117,11 @@ class NeuLite(Method):
         self.trained_in[stage - 1] = rnd
         self.schedule.observe(model.blocks[stage - 1])
 
-    def assembled(self) -> StageModel:
-        """The full model with every block as the stage that trained last among those holding it
-        left it (stages t..T hold block t; each refreshes its copy before it trains): the rounds
-        after stage T's last one reach the deployable model too."""
-        full = copy.deepcopy(self.stages[-1])
-        for b in range(self.num_stages - 1):
-            newest = max(range(b, self.num_stages), key=lambda s: self.trained_in[s])
-            full.blocks[b].load_state_dict(self.stages[newest].blocks[b].state_dict())
-        return full
-
     def eval_models(self) -> dict[str, nn.Module | None]:
-        """The full model (stage T) and this round's stage model; after the run's last round the
-        headline full model is assembled from every stage's latest blocks (``full_as_trained``
-        is stage T as it was last trained)."""
-        stage = self.stages[self.current - 1]
-        if not self.full_trained:
-            return {"full": None, "stage": stage}
-        if self.round < self.ctx.rounds:
-            return {"full": self.stages[-1], "stage": stage}
-        return {"full": self.assembled(), "stage": stage, "full_as_trained": self.stages[-1]}
+        """The full model, which is stage T as last trained (the deployable model; ``None`` until
+        stage T has trained once), and this round's stage model with its output module."""
+        return {"full": self.stages[-1] if self.full_trained else None,
+                "stage": self.stages[self.current - 1]}
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
