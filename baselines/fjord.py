@@ -25,10 +25,10 @@ from torch.func import functional_call
 from baselines.norms import OrderedBatchNorm2d
 from baselines.submodel import Shapes, twin_shapes
 from baselines.width import WidthMethod, WidthParams
-from harness.engine import derived_seed
 from harness.fleet import Device
 from harness.methods import Excluded, TaskSpec, load_weights, register_method
 from harness.models.base import NormLayer
+from harness.seeds import derived_seed
 from harness.training import Task
 
 

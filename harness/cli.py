@@ -19,7 +19,6 @@ from harness.config import ConfigError, OptimizerConfig, load_suite
 from harness.data import DATASETS, PARTITIONS, Batches, DataError, PartitionError, load_data, random_bundle
 from harness.engine import (
     EXECUTORS,
-    RunExistsError,
     RunLostError,
     check_ray,
     resolve_device,
@@ -33,6 +32,7 @@ from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError
 from harness.models import MODELS, ModelSpec, input_error
 from harness.plugins import PluginError
 from harness.records import RecordsError, device_name
+from harness.resume import RunExistsError
 from harness.tables import full_model_task, standalone_context, tasks_of
 from harness.training import NonFiniteLossError, train_local
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -12,12 +11,12 @@ from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 
 from harness import interrupts
+from harness.clients import ClientFailure, ClientJob, Clients, Log, client_trainer
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
@@ -42,22 +41,14 @@ from harness.records import (
     device_name,
     git_commit,
     now,
-    read_json_file,
     versions,
     write_json,
 )
 from harness.registry import Registry
+from harness.resume import RunExistsError, check_same_config, record_rounds_asked, run_identity, suite_manifest
+from harness.seeds import derived_seed, deterministic_kernels
 from harness.summary import format_table, summary_rows
-from harness.training import NonFiniteLossError, evaluate, round_optimizer, train_local
-
-Log = Callable[[str], None]
-SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
-# may change between a run and its resume: how long, what beside it, and where it executes
-RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray"}
-
-
-class RunExistsError(RuntimeError):
-    """The output folder already holds records and ``--resume`` was not given."""
+from harness.training import NonFiniteLossError, evaluate
 
 
 class RunLostError(RuntimeError):
@@ -69,33 +60,12 @@ def run_name(label: str, seed: int) -> str:
     return f"{label}-seed{seed}"
 
 
-def derived_seed(*parts: int) -> int:
-    """A seed for (run seed, round, client, ...): runs resume and repeat bit for bit."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def seed_torch(seed: int, device: torch.device) -> None:
-    """Seed torch's generators for work on ``device``. On a CPU only the CPU's: ``torch.manual_seed``
-    also queues a seed for each accelerator not yet started, formatting a stack trace for each
-    (0.12 ms here, paid by every client)."""
-    if device.type == "cpu":
-        torch.default_generator.manual_seed(seed)
-    else:
-        torch.manual_seed(seed)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def deterministic_kernels() -> None:
-    """cuDNN's autotuner picks kernels by timing, so runs would differ; fix them."""
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 @dataclass
@@ -150,101 +120,12 @@ def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
     return rnd % cfg.eval_every == 0 or rnd == cfg.rounds
 
 
-# Config keys added since records were first written, at the value that does what the versions
-# before them did: records without them resume as if they had them. Only keys listed here: for
-# others (deadline_s, the fleet's speeds) the old records lack state the run needs.
-ADDED_KEYS: dict[str, dict[str, Any]] = {"optimizer": {"schedule": "constant"}}
-
-
-def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
-    return {part: {**ADDED_KEYS.get(part, {}), **values} if isinstance(values, dict) else values
-            for part, values in config.items()}
-
-
 def mixed(n: int) -> torch.Tensor:
     """One fixed order of ``n`` samples for evaluation and calibration passes. Data sets stored class
     by class (an image folder) would otherwise give one-class batches, and a model that normalises
     with its batch's statistics (FedRolex's evaluation, HeteroFL's calibration pass) would be
     scored on those; a model with running statistics scores the same in any order."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(0xE7A1))
-
-
-def client_batches(cfg: SuiteConfig, data: DataBundle, indices: torch.Tensor, device: torch.device, seed: int,
-                   rnd: int, position: int) -> Batches:
-    """The client's local batches in round ``rnd``: shuffled and augmented by its own seed."""
-    g = torch.Generator().manual_seed(derived_seed(seed, rnd, position, 2))
-    return Batches(data, indices, cfg.batch_size, device, cfg.data.augment, generator=g)
-
-
-@dataclass(frozen=True, eq=False)
-class ClientJob:
-    """One client's training in a round: all a worker needs besides the suite's data and the method."""
-
-    seed: int
-    rnd: int
-    position: int
-    device: Device
-    spec: TaskSpec
-    indices: torch.Tensor  # the client's training samples
-    context: str  # names the client in errors and progress lines
-
-
-@dataclass(frozen=True)
-class ClientFailure:
-    """A client whose training was lost (its worker died); recorded as ``failed`` with the reason."""
-
-    reason: str
-
-
-def train_client(cfg: SuiteConfig, data: DataBundle, method: Method, job: ClientJob,
-                 device: torch.device) -> ClientResult:
-    """Train one client: seeded by (run seed, round, position) alone, so any process gives the same result."""
-    seed_torch(derived_seed(job.seed, job.rnd, job.position, 1), device)
-    batches = client_batches(cfg, data, job.indices, device, job.seed, job.rnd, job.position)
-    optimizer = round_optimizer(cfg.optimizer, job.rnd, cfg.rounds)
-    local = train_local(lambda: method.trained_task(job.rnd, job.device, job.spec), batches, cfg.local_epochs,
-                        optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context)
-    return ClientResult(job.device, job.spec, local)
-
-
-class Clients(Protocol):
-    """Where a run trains a round's clients; results come back in the jobs' order."""
-
-    def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]: ...
-
-    def close(self) -> None: ...
-
-
-def log_if_slow(log: Log, job: ClientJob, result: ClientResult, done: int, of: int) -> None:
-    """Long rounds show their progress: a line for each client that trained for a while."""
-    if result.local.train_time >= SLOW_CLIENT_S:
-        log(f"{job.context}: client {done}/{of} ({job.spec.label}) trained in {result.local.train_time:.1f} s")
-
-
-class LocalClients:
-    """Trains a round's clients one after another in this process."""
-
-    def __init__(self, cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> None:
-        self.cfg, self.data, self.device, self.log = cfg, data, device, log
-
-    def train(self, method: Method, jobs: list[ClientJob]) -> list[ClientResult | ClientFailure]:
-        results = []
-        for job in jobs:
-            results.append(train_client(self.cfg, self.data, method, job, self.device))
-            log_if_slow(self.log, job, results[-1], len(results), len(jobs))
-        return results
-
-    def close(self) -> None:
-        pass
-
-
-def client_trainer(cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> Clients:
-    """Where a run trains its clients: in this process, or on Ray worker actors (``ray.client_workers``)."""
-    if cfg.ray.client_workers:
-        from harness.ray_executor import RayClients
-
-        return RayClients(cfg, data, device, log)
-    return LocalClients(cfg, data, device, log)
 
 
 class Run:
@@ -300,7 +181,9 @@ class Run:
         if not resume:
             raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
                                  "continue it, or choose another --out")
-        self.check_same_config()
+        check_same_config(self.writer, self.cfg, run_identity(self.cfg, self.params),
+                          {"fleet": [d.to_record() for d in self.fleet],
+                           "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes)})
         checkpoint = self.writer.load_checkpoint()
         done = 0 if checkpoint is None else checkpoint["round"]
         if done > self.cfg.rounds:
@@ -329,7 +212,7 @@ class Run:
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
-                self.record_rounds_asked()
+                record_rounds_asked(self.writer, self.cfg.rounds)
         if first > self.cfg.rounds:
             return
         clients = client_trainer(self.cfg, self.data, self.device, self.log)
@@ -339,50 +222,6 @@ class Run:
                 self.round(rnd, clock, clients)
         finally:
             clients.close()
-
-    def check_same_config(self) -> None:
-        """Resuming with another config would mix two experiments in one set of records. More rounds
-        (unless the lr follows a schedule over the rounds), and other seeds or methods beside this
-        run, are allowed: they leave this run's past intact."""
-        recorded = self.writer.read_manifest()
-        recorded["config"] = with_added_keys(recorded.get("config", {}))
-        current = json.loads(json.dumps(self.manifest_identity()))
-        for part, values in current.items():
-            old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
-            if old != values:
-                keys = sorted(k for k in values.keys() | old.keys() if old.get(k) != values.get(k))
-                raise ConfigError(f"cannot resume {self.writer.folder}: its records were made with another "
-                                  f"{part.replace('_', ' ')} ({', '.join(keys)}); use the same suite and "
-                                  "--set values, or choose another --out")
-        if self.cfg.optimizer.schedule != "constant" and recorded["config"].get("rounds") != self.cfg.rounds:
-            raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: its learning rate "
-                              f"follows a {self.cfg.optimizer.schedule} schedule over the rounds it was started "
-                              f"with ({recorded['config'].get('rounds')})")
-        # the same config can still give other clients: an edited trace, another harness version's sampler
-        built = json.loads(json.dumps({"fleet": [d.to_record() for d in self.fleet],
-                                       "partition": partition_report(self.data.train_y, self.parts,
-                                                                     self.data.num_classes)}))
-        for part, values in built.items():
-            old = recorded.get(part)
-            if old is None:
-                continue
-            # compare what was recorded: fields added by later versions are not a difference
-            if len(old) != len(values) or any({k: new.get(k) for k in was} != was for was, new in zip(old, values)):
-                raise ConfigError(f"cannot resume {self.writer.folder}: this config now gives another {part} than "
-                                  "the one its records were made with (an edited trace file, or a harness "
-                                  "version that partitions differently); rerun it with another --out")
-
-    def record_rounds_asked(self) -> None:
-        """A resume that adds rounds: the manifest then says how many the run is asked for, which the
-        reports hold it to (a learning-rate schedule refuses other rounds, so its span stays)."""
-        manifest = self.writer.read_manifest()
-        if manifest.get("config", {}).get("rounds") != self.cfg.rounds:
-            manifest.setdefault("config", {})["rounds"] = self.cfg.rounds
-            self.writer.write_manifest(manifest)
-
-    def manifest_identity(self) -> dict[str, dict[str, Any]]:
-        config = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_KEYS}
-        return {"config": config, "method_params": dataclasses.asdict(self.params)}
 
     def round(self, rnd: int, clock: Clock, clients: Clients) -> None:
         start = time.perf_counter()
@@ -498,25 +337,6 @@ class Run:
 
 def suite_folder(cfg: SuiteConfig, out: str | Path | None) -> Path:
     return Path(out or cfg.out) / cfg.name
-
-
-def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry, int, str]],
-                   resume: bool) -> dict[str, Any]:
-    """suite.json's content. A resume may add seeds and methods, never drop a run the suite already
-    had: runs and config of the earlier suite.json are kept beside the new ones."""
-    listed = [{"label": e.label, "method": e.method, "seed": s, "dir": d} for e, s, d in runs]
-    config = to_dict(cfg)
-    earlier = read_json_file(folder / "suite.json") if resume else {}
-    if earlier:
-        dirs = {r["dir"] for r in listed}
-        listed = [r for r in earlier.get("runs", []) if r.get("dir") not in dirs] + listed
-        old = earlier.get("config", {})
-        config["seeds"] = sorted({*old.get("seeds", []), *config["seeds"]})
-        labels = {m["label"] for m in config["methods"]}
-        config["methods"] = [m for m in old.get("methods", []) if m.get("label") not in labels] + config["methods"]
-        config["rounds"] = max(old.get("rounds", 0), config["rounds"])
-    return {"suite": cfg.name, "config": config, "versions": versions(), "git_commit": git_commit(),
-            "started": earlier.get("started", now()), "runs": listed}
 
 
 def suite_model_spec(cfg: SuiteConfig, data: DataBundle) -> ModelSpec:

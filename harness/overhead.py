@@ -17,13 +17,12 @@ from unittest import mock
 
 import torch
 
-from harness import engine, methods, training
+from harness import clients, engine, methods, training
+from harness.clients import client_batches
 from harness.config import MethodEntry, SuiteConfig
 from harness.data import Batches, load_data, partition
 from harness.engine import (
     Run,
-    client_batches,
-    derived_seed,
     evaluates,
     resolve_device,
     run_name,
@@ -35,6 +34,7 @@ from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import build_model
 from harness.records import RunWriter, read_jsonl
+from harness.seeds import derived_seed
 from harness.training import Task, evaluate, make_optimizer, round_optimizer, training_step
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ T = TypeVar("T")
 PARTS: tuple[tuple[str, Any, str, bool], ...] = (
     ("rounds: planning, aggregation, round records", Run, "round", False),
     ("estimates (the memory gate)", methods, "estimate_task", True),
-    ("clients: probes, optimizer, batches, state copies", engine, "train_local", False),
+    ("clients: probes, optimizer, batches, state copies", clients, "train_local", False),
     ("clients: building each task under the tracker", training, "build_tracked", True),
     ("clients: measured steps", training, "measured_step", True),
     ("clients: untracked steps", training, "training_step", True),

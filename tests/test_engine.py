@@ -11,10 +11,12 @@ from conftest import start, tiny_suite, write_toml
 import harness.methods as methods_module
 from harness.config import ConfigError, OptimizerConfig
 from harness.data import load_data
-from harness.engine import Run, RunExistsError, plan_round, run_suite, seed_torch, suite_estimator
+from harness.engine import Run, plan_round, run_suite, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
 from harness.records import CHECKPOINT, read_jsonl
+from harness.resume import RunExistsError
+from harness.seeds import seed_torch
 from harness.training import LR_SCHEDULES, NonFiniteLossError, round_optimizer
 
 from helpers import context, method, records, without_times

@@ -14,18 +14,10 @@ import torch
 from conftest import REPO, tiny_suite
 
 from harness.cli import main
+from harness.clients import ClientJob, train_client
 from harness.config import ConfigError, RayConfig
 from harness.data import load_data
-from harness.engine import (
-    ClientJob,
-    Run,
-    RunLostError,
-    check_ray,
-    plan_round,
-    run_suite,
-    suite_estimator,
-    train_client,
-)
+from harness.engine import Run, RunLostError, check_ray, plan_round, run_suite, suite_estimator
 from harness.methods import ClientResult
 from harness.ray_executor import run_slots
 from harness.records import CHECKPOINT, read_jsonl

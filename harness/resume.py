@@ -1,0 +1,98 @@
+"""Continuing a run from its records: what may change between a run and its resume, and the checks
+that refuse a resume which would mix two experiments in one set of records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
+from harness.records import RunWriter, git_commit, now, read_json_file, versions
+
+# may change between a run and its resume: how long, what beside it, and where it executes
+RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray"}
+
+
+class RunExistsError(RuntimeError):
+    """The output folder already holds records and ``--resume`` was not given."""
+
+
+# Config keys added since records were first written, at the value that does what the versions
+# before them did: records without them resume as if they had them. Only keys listed here: for
+# others (deadline_s, the fleet's speeds) the old records lack state the run needs.
+ADDED_KEYS: dict[str, dict[str, Any]] = {"optimizer": {"schedule": "constant"}}
+
+
+def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
+    return {part: {**ADDED_KEYS.get(part, {}), **values} if isinstance(values, dict) else values
+            for part, values in config.items()}
+
+
+def run_identity(cfg: SuiteConfig, params: Any) -> dict[str, dict[str, Any]]:
+    """What a run's resume must share with its records: the config but its resumable keys, and the
+    method's parameters."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_KEYS}
+    return {"config": config, "method_params": dataclasses.asdict(params)}
+
+
+def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, dict[str, Any]],
+                      built: dict[str, list[dict[str, Any]]]) -> None:
+    """Resuming with another config would mix two experiments in one set of records. More rounds
+    (unless the lr follows a schedule over the rounds), and other seeds or methods beside this
+    run, are allowed: they leave this run's past intact. ``identity`` is the run's ``run_identity``;
+    ``built``, the fleet and partition report its config gives now."""
+    recorded = writer.read_manifest()
+    recorded["config"] = with_added_keys(recorded.get("config", {}))
+    current = json.loads(json.dumps(identity))
+    for part, values in current.items():
+        old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
+        if old != values:
+            keys = sorted(k for k in values.keys() | old.keys() if old.get(k) != values.get(k))
+            raise ConfigError(f"cannot resume {writer.folder}: its records were made with another "
+                              f"{part.replace('_', ' ')} ({', '.join(keys)}); use the same suite and "
+                              "--set values, or choose another --out")
+    if cfg.optimizer.schedule != "constant" and recorded["config"].get("rounds") != cfg.rounds:
+        raise ConfigError(f"cannot resume {writer.folder} with rounds = {cfg.rounds}: its learning rate "
+                          f"follows a {cfg.optimizer.schedule} schedule over the rounds it was started "
+                          f"with ({recorded['config'].get('rounds')})")
+    # the same config can still give other clients: an edited trace, another harness version's sampler
+    built = json.loads(json.dumps(built))
+    for part, values in built.items():
+        old = recorded.get(part)
+        if old is None:
+            continue
+        # compare what was recorded: fields added by later versions are not a difference
+        if len(old) != len(values) or any({k: new.get(k) for k in was} != was for was, new in zip(old, values)):
+            raise ConfigError(f"cannot resume {writer.folder}: this config now gives another {part} than "
+                              "the one its records were made with (an edited trace file, or a harness "
+                              "version that partitions differently); rerun it with another --out")
+
+
+def record_rounds_asked(writer: RunWriter, rounds: int) -> None:
+    """A resume that adds rounds: the manifest then says how many the run is asked for, which the
+    reports hold it to (a learning-rate schedule refuses other rounds, so its span stays)."""
+    manifest = writer.read_manifest()
+    if manifest.get("config", {}).get("rounds") != rounds:
+        manifest.setdefault("config", {})["rounds"] = rounds
+        writer.write_manifest(manifest)
+
+
+def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry, int, str]],
+                   resume: bool) -> dict[str, Any]:
+    """suite.json's content. A resume may add seeds and methods, never drop a run the suite already
+    had: runs and config of the earlier suite.json are kept beside the new ones."""
+    listed = [{"label": e.label, "method": e.method, "seed": s, "dir": d} for e, s, d in runs]
+    config = to_dict(cfg)
+    earlier = read_json_file(folder / "suite.json") if resume else {}
+    if earlier:
+        dirs = {r["dir"] for r in listed}
+        listed = [r for r in earlier.get("runs", []) if r.get("dir") not in dirs] + listed
+        old = earlier.get("config", {})
+        config["seeds"] = sorted({*old.get("seeds", []), *config["seeds"]})
+        labels = {m["label"] for m in config["methods"]}
+        config["methods"] = [m for m in old.get("methods", []) if m.get("label") not in labels] + config["methods"]
+        config["rounds"] = max(old.get("rounds", 0), config["rounds"])
+    return {"suite": cfg.name, "config": config, "versions": versions(), "git_commit": git_commit(),
+            "started": earlier.get("started", now()), "runs": listed}
