@@ -16,20 +16,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from reports.load import CATEGORIES, ESTIMATE, TENSOR
-from reports.stats import band, fits_per_round, interval_kind, pareto_front
+from reports.stats import INTERVAL_NAMES, band, fits_per_round, interval_kind, pareto_front
 from reports.style import CATEGORY_COLORS, MB, outside_legend, themed
 
 PEAK = TENSOR + "peak"
 DEVICE_CLOCK = "device_wall_time"
-BAND_NAMES = {"t95": "95% t-interval", "range": "min–max"}
 
 
 def interval_note(seed_counts: Iterable[int], clipped: str = "0–100%") -> str | None:
     """What an interval drawn over these numbers of seeds is, naming them (a t-interval over 3
     seeds is wide), and where it is clipped; None: no interval at all."""
     counts = sorted({int(n) for n in seed_counts if interval_kind(int(n)) != "none"})
-    kinds = {kind: [n for n in counts if interval_kind(n) == kind] for kind in BAND_NAMES}
-    named = [f"{BAND_NAMES[kind]} ({'/'.join(map(str, ns))} seeds)" for kind, ns in kinds.items() if ns]
+    kinds = {kind: [n for n in counts if interval_kind(n) == kind] for kind in INTERVAL_NAMES if kind != "none"}
+    named = [f"{INTERVAL_NAMES[kind]} ({'/'.join(map(str, ns))} seeds)" for kind, ns in kinds.items() if ns]
     return " or ".join(named) + (f", clipped to {clipped}" if clipped else "") if named else None
 
 

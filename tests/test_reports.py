@@ -266,7 +266,7 @@ def test_accuracy_lines_are_the_mean_over_seeds_with_their_range(suite, styles):
         band = ax.collections[0].get_paths()[0].vertices[:, 1]
         assert band.max() == pytest.approx(accuracy("fedavg", 1, 5)) and band.min() == pytest.approx(
             accuracy("fedavg", 0, 1))
-        assert "min–max (2 seeds)" in ax.get_legend().get_title().get_text()
+        assert "min–max range (2 seeds)" in ax.get_legend().get_title().get_text()
 
 
 def test_three_seeds_get_a_t_band_clipped_to_one(tmp_path):
@@ -475,9 +475,10 @@ def test_notes_and_legends_say_what_is_drawn(suite, styles):
     styles_drawn = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
     assert styles_drawn["fedavg (over budget)"] == "--" and styles_drawn["heterofl"] == "-"
     title = ax.get_legend().get_title().get_text()
-    assert title.endswith("min–max (2 seeds), clipped to 0–100%\ndashed: ran over budget")
+    assert title.endswith("min–max range (2 seeds), clipped to 0–100%\ndashed: ran over budget")
     legend = figures.memory_vs_accuracy(summarize(suite, TARGET)[0], styles).axes[0].get_legend()
-    assert legend.get_title().get_text() == "hollow: ran over budget\nerror bars: min–max (2 seeds), clipped to 0–100%"
+    assert legend.get_title().get_text() == ("hollow: ran over budget\n"
+                                             "error bars: min–max range (2 seeds), clipped to 0–100%")
 
 
 def test_clients_measured_below_their_estimate_are_noted(suite):
@@ -769,7 +770,7 @@ def test_the_band_legend_names_the_intervals_each_round_draws():
     rows = [{"label": "a", "seed": s, "round": r, "accuracy": 0.5} for s in range(3) for r in range(1, 6)
             if s < 2 or r <= 3]
     note = band_note(pd.DataFrame(rows))
-    assert "95% t-interval (3 seeds)" in note and "min–max (2 seeds)" in note
+    assert "95% t-interval (3 seeds)" in note and "min–max range (2 seeds)" in note
     assert band_note(pd.DataFrame([r for r in rows if r["round"] <= 3])).endswith(
         "shaded: 95% t-interval (3 seeds), clipped to 0–100%")
 
