@@ -302,9 +302,9 @@ def validate(suite: SuiteConfig) -> None:
     _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
     _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
-    validate_fleet(suite.fleet)
-    _check(suite.clients_per_round <= suite.fleet.devices or suite.fleet.distribution == "trace",
-           f"clients_per_round ({suite.clients_per_round}) exceeds fleet.devices ({suite.fleet.devices})")
+    devices = validate_fleet(suite.fleet)
+    _check(suite.clients_per_round <= devices,
+           f"clients_per_round ({suite.clients_per_round}) exceeds the fleet's {devices} devices")
     _check(0 <= suite.deadline_s < math.inf, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
     _check(suite.optimizer.lr > 0, f"optimizer.lr must be positive, got {suite.optimizer.lr}")
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
@@ -339,30 +339,19 @@ def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
-def validate_fleet(fleet: FleetConfig) -> None:
+def validate_fleet(fleet: FleetConfig) -> int:
+    """What every distribution shares (speeds, finite budgets); then a build for seed 0, in which each
+    distribution checks its own parameters, a plugin's as the built-in ones. Returns the fleet's size."""
+    from harness.fleet import build_fleet
+
     for key in ("gflops", "up_mbps", "down_mbps"):
         values = getattr(fleet, key)
         _check(bool(values) and all(0 < v < math.inf for v in values),
                f"fleet.{key}: give positive, finite values, got {values}")
     _check(_finite(fleet.low_mb, fleet.high_mb, fleet.median_mb, fleet.sigma, *fleet.tiers_mb),
            "fleet: budgets must be finite numbers of MB")
-    if fleet.distribution == "trace":
-        _check(bool(fleet.trace), "fleet.trace: give the CSV file of device budgets")
-        return
     _check(fleet.devices >= 1, f"fleet.devices must be at least 1, got {fleet.devices}")
-    if fleet.distribution in ("uniform", "even"):
-        _check(0 < fleet.low_mb <= fleet.high_mb,
-               f"fleet: need 0 < low_mb <= high_mb, got {fleet.low_mb} and {fleet.high_mb}")
-    elif fleet.distribution == "tiers":
-        _check(bool(fleet.tiers_mb) and all(t > 0 for t in fleet.tiers_mb),
-               f"fleet.tiers_mb: budgets must be positive, got {fleet.tiers_mb}")
-        _check(not fleet.tier_weights or (len(fleet.tier_weights) == len(fleet.tiers_mb)
-                                          and all(w >= 0 for w in fleet.tier_weights)
-                                          and sum(fleet.tier_weights) > 0),
-               "fleet.tier_weights: one non-negative weight per tier, not all zero")
-    elif fleet.distribution == "lognormal":
-        _check(fleet.median_mb > 0 and fleet.sigma >= 0,
-               f"fleet: need median_mb > 0 and sigma >= 0, got {fleet.median_mb}, {fleet.sigma}")
+    return len(build_fleet(fleet, 0))
 
 
 def to_dict(suite: SuiteConfig) -> dict[str, Any]:

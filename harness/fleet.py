@@ -50,8 +50,14 @@ def _devices(budgets_mb: torch.Tensor, cfg: FleetConfig, g: torch.Generator) -> 
             for i, (mb, (gflops, up, down)) in enumerate(zip(budgets_mb.tolist(), speeds, strict=True))]
 
 
+def _low_high(cfg: FleetConfig) -> None:
+    if not 0 < cfg.low_mb <= cfg.high_mb:
+        raise ConfigError(f"fleet: need 0 < low_mb <= high_mb, got {cfg.low_mb} and {cfg.high_mb}")
+
+
 @FLEETS.register("uniform")
 def uniform(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
+    _low_high(cfg)
     budgets = cfg.low_mb + (cfg.high_mb - cfg.low_mb) * torch.rand(cfg.devices, generator=g, dtype=torch.float64)
     return _devices(budgets, cfg, g)
 
@@ -61,12 +67,18 @@ def even(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     """The uniform distribution's quantiles (low_mb to high_mb, evenly spaced) in an order drawn per
     seed: every seed's fleet has the same mix of budgets, so a small fleet is never, by chance,
     short of devices at the top of the range."""
+    _low_high(cfg)
     spaced = torch.linspace(cfg.low_mb, cfg.high_mb, cfg.devices, dtype=torch.float64)
     return _devices(spaced[torch.randperm(cfg.devices, generator=g)], cfg, g)
 
 
 @FLEETS.register("tiers")
 def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
+    if not cfg.tiers_mb or any(t <= 0 for t in cfg.tiers_mb):
+        raise ConfigError(f"fleet.tiers_mb: budgets must be positive, got {cfg.tiers_mb}")
+    if cfg.tier_weights and (len(cfg.tier_weights) != len(cfg.tiers_mb) or any(w < 0 for w in cfg.tier_weights)
+                             or sum(cfg.tier_weights) <= 0):
+        raise ConfigError("fleet.tier_weights: one non-negative weight per tier, not all zero")
     weights = torch.tensor(cfg.tier_weights or [1.0] * len(cfg.tiers_mb), dtype=torch.float64)
     picks = torch.multinomial(weights, cfg.devices, replacement=True, generator=g)
     return _devices(torch.tensor(cfg.tiers_mb, dtype=torch.float64)[picks], cfg, g)
@@ -74,6 +86,8 @@ def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
 
 @FLEETS.register("lognormal")
 def lognormal(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
+    if not (cfg.median_mb > 0 and cfg.sigma >= 0):
+        raise ConfigError(f"fleet: need median_mb > 0 and sigma >= 0, got {cfg.median_mb}, {cfg.sigma}")
     normal = torch.randn(cfg.devices, generator=g, dtype=torch.float64)
     return _devices(cfg.median_mb * torch.exp(cfg.sigma * normal), cfg, g)
 
@@ -93,6 +107,8 @@ def _is_number(text: str) -> bool:
 def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     """``device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]`` per line (missing speeds: the config's
     first value); a header line is allowed."""
+    if not cfg.trace:
+        raise ConfigError("fleet.trace: give the CSV file of device budgets")
     path = Path(cfg.trace).expanduser()
     if not path.is_file():
         raise ConfigError(f"fleet.trace: {path} does not exist")

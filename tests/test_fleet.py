@@ -1,9 +1,10 @@
 """Device budgets: seeded distributions and CSV traces, MB in, bytes out."""
 
 import pytest
+from conftest import tiny_raw
 
-from harness.config import ConfigError, FleetConfig, validate_fleet
-from harness.fleet import MB, build_fleet
+from harness.config import ConfigError, FleetConfig, suite_from_dict, validate_fleet
+from harness.fleet import FLEETS, MB, build_fleet
 
 
 def budgets_mb(cfg: FleetConfig, seed: int = 0) -> list[float]:
@@ -76,3 +77,19 @@ def test_bad_traces(tmp_path, text, match):
 def test_missing_trace_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_fleet(FleetConfig(distribution="trace", trace=str(tmp_path / "nope.csv")), 0)
+
+
+def test_validation_builds_the_fleet_so_each_distribution_checks_its_own_parameters(tmp_path, monkeypatch):
+    """A distribution's parameters are checked where it is defined: a registered one (a plugin's) is
+    checked as the built-in ones are, and a trace's length is the fleet size clients_per_round must fit."""
+    def strict(cfg: FleetConfig, g: object) -> list:
+        raise ConfigError("fleet: 'strict' needs sigma = 0")
+
+    monkeypatch.setitem(FLEETS._entries, "strict", strict)  # as a plugin's @FLEETS.register("strict")
+    with pytest.raises(ConfigError, match="'strict' needs sigma = 0"):
+        validate_fleet(FleetConfig(distribution="strict"))
+    path = tmp_path / "fleet.csv"
+    path.write_text("1,5\n2,6\n")
+    assert validate_fleet(FleetConfig(distribution="trace", trace=str(path), devices=50)) == 2
+    with pytest.raises(ConfigError, match=r"clients_per_round \(3\) exceeds the fleet's 2 devices"):
+        suite_from_dict(tiny_raw(clients_per_round=3, fleet={"distribution": "trace", "trace": str(path)}))
