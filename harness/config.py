@@ -350,7 +350,6 @@ def validate_fleet(fleet: FleetConfig) -> int:
                f"fleet.{key}: give positive, finite values, got {values}")
     _check(_finite(fleet.low_mb, fleet.high_mb, fleet.median_mb, fleet.sigma, *fleet.tiers_mb),
            "fleet: budgets must be finite numbers of MB")
-    _check(fleet.devices >= 1, f"fleet.devices must be at least 1, got {fleet.devices}")
     return len(build_fleet(fleet, 0))
 
 

@@ -5,6 +5,7 @@ trace."""
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,18 @@ def _pick(values: list[float], n: int, g: torch.Generator) -> list[float]:
     return [values[i] for i in torch.randint(len(values), (n,), generator=g).tolist()]
 
 
+def _size(cfg: FleetConfig) -> int:
+    """The number of devices a seeded distribution draws."""
+    if cfg.devices < 1:
+        raise ConfigError(f"fleet.devices must be at least 1, got {cfg.devices}")
+    return cfg.devices
+
+
 def _devices(budgets_mb: torch.Tensor, cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     """Devices with the given budgets; compute and link speeds drawn from the config's values."""
+    if not torch.isfinite(budgets_mb).all():
+        raise ConfigError(f"fleet: the {cfg.distribution} distribution drew a budget that is not a finite number "
+                          "of MB; check its parameters")
     n = len(budgets_mb)
     speeds = zip(_pick(cfg.gflops, n, g), _pick(cfg.up_mbps, n, g), _pick(cfg.down_mbps, n, g), strict=True)
     return [Device(i, int(mb * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
@@ -58,7 +69,7 @@ def _low_high(cfg: FleetConfig) -> None:
 @FLEETS.register("uniform")
 def uniform(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     _low_high(cfg)
-    budgets = cfg.low_mb + (cfg.high_mb - cfg.low_mb) * torch.rand(cfg.devices, generator=g, dtype=torch.float64)
+    budgets = cfg.low_mb + (cfg.high_mb - cfg.low_mb) * torch.rand(_size(cfg), generator=g, dtype=torch.float64)
     return _devices(budgets, cfg, g)
 
 
@@ -68,19 +79,21 @@ def even(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     seed: every seed's fleet has the same mix of budgets, so a small fleet is never, by chance,
     short of devices at the top of the range."""
     _low_high(cfg)
-    spaced = torch.linspace(cfg.low_mb, cfg.high_mb, cfg.devices, dtype=torch.float64)
+    spaced = torch.linspace(cfg.low_mb, cfg.high_mb, _size(cfg), dtype=torch.float64)
     return _devices(spaced[torch.randperm(cfg.devices, generator=g)], cfg, g)
 
 
 @FLEETS.register("tiers")
 def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
-    if not cfg.tiers_mb or any(t <= 0 for t in cfg.tiers_mb):
+    if not cfg.tiers_mb or not all(0 < t < math.inf for t in cfg.tiers_mb):
         raise ConfigError(f"fleet.tiers_mb: budgets must be positive, got {cfg.tiers_mb}")
-    if cfg.tier_weights and (len(cfg.tier_weights) != len(cfg.tiers_mb) or any(w < 0 for w in cfg.tier_weights)
-                             or sum(cfg.tier_weights) <= 0):
-        raise ConfigError("fleet.tier_weights: one non-negative weight per tier, not all zero")
+    weights_ok = len(cfg.tier_weights) == len(cfg.tiers_mb) and all(0 <= w < math.inf for w in cfg.tier_weights) \
+        and sum(cfg.tier_weights) > 0
+    if cfg.tier_weights and not weights_ok:
+        raise ConfigError(f"fleet.tier_weights: one finite, non-negative weight per tier, not all zero; got "
+                          f"{cfg.tier_weights}")
     weights = torch.tensor(cfg.tier_weights or [1.0] * len(cfg.tiers_mb), dtype=torch.float64)
-    picks = torch.multinomial(weights, cfg.devices, replacement=True, generator=g)
+    picks = torch.multinomial(weights, _size(cfg), replacement=True, generator=g)
     return _devices(torch.tensor(cfg.tiers_mb, dtype=torch.float64)[picks], cfg, g)
 
 
@@ -88,7 +101,7 @@ def tiers(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
 def lognormal(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
     if not (cfg.median_mb > 0 and cfg.sigma >= 0):
         raise ConfigError(f"fleet: need median_mb > 0 and sigma >= 0, got {cfg.median_mb}, {cfg.sigma}")
-    normal = torch.randn(cfg.devices, generator=g, dtype=torch.float64)
+    normal = torch.randn(_size(cfg), generator=g, dtype=torch.float64)
     return _devices(cfg.median_mb * torch.exp(cfg.sigma * normal), cfg, g)
 
 

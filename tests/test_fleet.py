@@ -93,3 +93,20 @@ def test_validation_builds_the_fleet_so_each_distribution_checks_its_own_paramet
     assert validate_fleet(FleetConfig(distribution="trace", trace=str(path), devices=50)) == 2
     with pytest.raises(ConfigError, match=r"clients_per_round \(3\) exceeds the fleet's 2 devices"):
         suite_from_dict(tiny_raw(clients_per_round=3, fleet={"distribution": "trace", "trace": str(path)}))
+
+
+@pytest.mark.parametrize(("fleet", "match"), [
+    ({"distribution": "tiers", "tiers_mb": [1.0, 2.0], "tier_weights": [float("nan"), 1.0]}, "tier_weights"),
+    ({"distribution": "tiers", "tiers_mb": [1.0, 2.0], "tier_weights": [0.0, 0.0]}, "tier_weights"),
+    ({"distribution": "lognormal", "median_mb": 4.0, "sigma": 1000.0}, "not a finite number of MB"),
+    ({"distribution": "uniform", "devices": 0}, "fleet.devices must be at least 1"),
+])
+def test_a_distribution_refuses_parameters_it_cannot_draw_from(fleet, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_fleet(FleetConfig(**fleet))
+
+
+def test_a_trace_ignores_the_device_count(tmp_path):
+    path = tmp_path / "fleet.csv"
+    path.write_text("1,5\n")
+    assert validate_fleet(FleetConfig(distribution="trace", trace=str(path), devices=0)) == 1
