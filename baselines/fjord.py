@@ -85,6 +85,9 @@ class OrderedDropout:
 @register_method("fjord")
 class FjORD(WidthMethod):
     Params = FjORDParams
+    chance_cause = ("each width is evaluated with its own running statistics, which move only in the local "
+                    "steps that draw that width: with few steps spread over several widths they lag the trained "
+                    "weights (docs/baselines.md, 'FjORD at chance')")
 
     @cached_property
     def norm_widths(self) -> dict[float, dict[int, tuple[int, ...]]]:

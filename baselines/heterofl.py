@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.norms import static_norm
-from baselines.submodel import Pick, SubModel, rolling
+from baselines.submodel import Pick, SubModel, Upload, counted, rolling
 from baselines.width import WidthMethod, WidthParams
 from harness.fleet import Device
 from harness.methods import ClientResult, TaskSpec, register_method
@@ -113,6 +114,9 @@ class HeteroFL(WidthMethod):
 @dataclass
 class FedRolexParams(HeteroFLParams):
     global_bn_stats: bool = False  # FedRolex's code evaluates with the test batches' statistics
+    # "counted": the reference server's weighting of norm-layer entries, biases and the classifier
+    # by each entry's running update count (``counted``); "plain": every entry a plain mean.
+    averaging: Literal["counted", "plain"] = "counted"
 
 
 def window_offset(rnd: int) -> int:
@@ -124,5 +128,26 @@ def window_offset(rnd: int) -> int:
 class FedRolex(HeteroFL):
     Params = FedRolexParams
 
+    def __init__(self, params: FedRolexParams, ctx) -> None:
+        super().__init__(params, ctx)
+        # The reference counts every entry but weighs only these by their count: the one-dimensional
+        # ones (norm weights and biases, biases) and the classifier; convolutions are plain means.
+        self.counts = {key: torch.ones(value.numel(), dtype=torch.float64)
+                       for key, value in self.model.state_dict().items()
+                       if value.dim() <= 1 or key in self.classifier}
+
     def pick(self, rnd: int) -> Pick:
         return rolling(window_offset(rnd))
+
+    def uploads(self, rnd: int, results: list[ClientResult]) -> list[Upload]:
+        uploads = super().uploads(rnd, results)
+        if self.params.averaging == "plain":
+            return uploads
+        return counted(uploads, self.counts, self.full)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.counts = {key: count.clone() for key, count in state["counts"].items()}

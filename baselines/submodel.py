@@ -10,7 +10,7 @@ class outputs, kernel sizes) are kept whole. The client then holds a real, small
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,10 @@ from torch import nn
 
 Pick = Callable[[int, int], torch.Tensor]  # (global size C, kept k) -> k channel indices
 Shapes = dict[str, torch.Size]
+# A client's weight in an average: one number, or per key one weight per entry it holds (in the
+# order of ``SubModel.flat_index``), as FedRolex's counted averaging gives it.
+Weight = float | Mapping[str, torch.Tensor]
+Upload = tuple["SubModel", dict[str, torch.Tensor], Weight]
 
 
 def leftmost(size: int, keep: int) -> torch.Tensor:
@@ -95,21 +99,48 @@ class SubModel:
         return flat.reshape(-1)
 
 
-def aggregate(state: dict[str, torch.Tensor],
-              uploads: list[tuple[SubModel, dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+def entry_weights(weight: Weight, key: str, pos: torch.Tensor) -> torch.Tensor:
+    """A client's weight for each entry of ``key`` it holds, in float64."""
+    if isinstance(weight, Mapping):
+        return weight[key].double()
+    return torch.full(pos.shape, float(weight), dtype=torch.float64)
+
+
+def aggregate(state: dict[str, torch.Tensor], uploads: list[Upload]) -> dict[str, torch.Tensor]:
     """Each global entry becomes the weighted mean of the clients that trained it; entries nobody
     trained keep their value. Computed as ``harness.methods.weighted_average`` computes it, so
     full-width uploads reproduce FedAvg bit for bit. An upload holds the entries its sub-model
     indexes (with ``with_rows``, a row subset of its tensor)."""
     out = {}
     for key, g in state.items():
-        holders = [(sub.flat_index(key, g.shape), s[key], w) for sub, s, w in uploads if key in sub.index]
+        holders = [(pos, s[key], entry_weights(w, key, pos))
+                   for sub, s, w in uploads if key in sub.index
+                   for pos in (sub.flat_index(key, g.shape),)]
         total = torch.zeros(g.numel(), dtype=torch.float64)
         for pos, _, w in holders:
-            total.index_add_(0, pos, torch.full(pos.shape, float(w), dtype=torch.float64))
+            total.index_add_(0, pos, w)
         acc = torch.zeros(g.numel(), dtype=torch.float64)
         for pos, value, w in holders:
             acc.index_add_(0, pos, value.double().reshape(-1) * (w / total[pos]))
         mean = torch.where(total > 0, acc, g.double().reshape(-1)).reshape(g.shape)
         out[key] = mean.to(g.dtype) if g.is_floating_point() else mean.round().to(g.dtype)
+    return out
+
+
+def counted(uploads: list[Upload], counts: dict[str, torch.Tensor], shapes: Shapes) -> list[Upload]:
+    """FedRolex's server rule for the entries in ``counts`` (flat float64 update counts, starting at
+    1): a client's weight for an entry is the entry's count when its turn comes, and the count grows
+    by one with each client that holds it, inside the round. Three clients holding an entry first
+    in round 1 weigh 1, 2 and 3. Other entries keep the client's own weight. ``counts`` is updated."""
+    out: list[Upload] = []
+    for sub, state, weight in uploads:
+        weights = {}
+        for key in sub.index:
+            pos = sub.flat_index(key, shapes[key])
+            if key in counts:
+                weights[key] = counts[key][pos]  # a copy: index with a tensor gathers
+                counts[key][pos] += 1  # a sub-model holds each entry once
+            else:
+                weights[key] = entry_weights(weight, key, pos)
+        out.append((sub, state, weights))
     return out

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from baselines.norms import static_norm
-from baselines.submodel import Pick, SubModel, aggregate, leftmost, shapes_of, twin_shapes
+from baselines.submodel import Pick, SubModel, Upload, aggregate, leftmost, shapes_of, twin_shapes
 from harness.fleet import Device
 from harness.methods import ClientResult, Excluded, GlobalModelMethod, TaskSpec, client_weights, load_weights
 from harness.models.base import NormLayer
@@ -72,7 +72,10 @@ class WidthMethod(GlobalModelMethod):
         """Which global entries a client's upload stands for, and its values."""
         return self.submodel(rnd, result.spec.value), result.local.state
 
-    def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
+    def uploads(self, rnd: int, results: list[ClientResult]) -> list[Upload]:
+        """What each client's upload stands for, its values and its weight in the average."""
         weights = client_weights(results, self.params.weighted)
-        uploads = [(*self.held(rnd, r), w) for r, w in zip(results, weights, strict=True)]
-        self.model.load_state_dict(aggregate(self.model.state_dict(), uploads))
+        return [(*self.held(rnd, r), w) for r, w in zip(results, weights, strict=True)]
+
+    def aggregate(self, rnd: int, results: list[ClientResult]) -> None:
+        self.model.load_state_dict(aggregate(self.model.state_dict(), self.uploads(rnd, results)))

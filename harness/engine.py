@@ -162,7 +162,8 @@ class Run:
         model = self.ctx.build_model()
         return {
             "suite": self.cfg.name, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
-            "method_params": dataclasses.asdict(self.params), "config": to_dict(self.cfg),
+            "method_params": dataclasses.asdict(self.params), "chance_cause": self.method.chance_cause,
+            "config": to_dict(self.cfg),
             "versions": versions(), "git_commit": git_commit(), "started": now(),
             "device": device_name(self.device),
             "data": {"name": self.data.name, "train": len(self.data.train_y), "test": len(self.data.test_y),

@@ -212,6 +212,9 @@ class Method(ABC):
 
     Params: ClassVar[type] = NoParams
     respects_budgets: bool = True  # False only for the unconstrained reference (plain FedAvg)
+    # Where the method knows one: the likely cause of its evaluated accuracy staying at chance while
+    # its clients' training loss falls. Recorded in each run's manifest; reports quote it.
+    chance_cause: ClassVar[str] = ""
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params

@@ -75,7 +75,8 @@ class NeuLite(Method):
 
     def _stage_model(self, model: nn.Module, stage: int) -> StageModel:
         projection = self.lambdas[stage - 1][1] > 0  # the head exists only for the label term
-        return StageModel(model, stage, self.params.effective_overlap, projection, self.params.frozen_bn)
+        return StageModel(model, stage, self.params.effective_overlap, projection, self.params.frozen_bn,
+                          self.params.output_bias)
 
     # -- planning ------------------------------------------------------------------------------
     def _begin(self, rnd: int) -> None:

@@ -34,6 +34,9 @@ class NeuLiteParams:
     # Frozen blocks' norm layers: "train" (the release's: batch statistics, running statistics
     # updated, uploaded and aggregated) or "eval" (their running statistics, untouched).
     frozen_bn: Literal["train", "eval"] = "train"
+    # Output-module convolutions: no bias, as the release builds them (``true``: a zero-initialised
+    # bias, since no normalisation follows them).
+    output_bias: bool = False
     # Schedule: ``cyclic`` (round r trains stage ((r-1) mod T)+1) or ``sequential``.
     schedule: Literal["cyclic", "sequential"] = "cyclic"
     stage_rounds: list[int] = field(default_factory=list)  # sequential: R_t (one value: all stages)

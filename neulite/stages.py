@@ -24,15 +24,25 @@ def projection_head(d: int) -> nn.Sequential:
 class OutputModule(nn.Module):
     """One strided 3x3 convolution per missing block (no BN, no activation), then the classifier.
 
-    The convolutions have a bias, since no normalisation follows them. ``proj`` is the projection
-    head, present only when the mentor's label term is on."""
+    The convolutions are built as the release builds its output modules: Kaiming-normal weights
+    (``fan_out``, ReLU gain) and no bias. ``bias = True`` adds a zero-initialised bias. ``proj`` is
+    the projection head, present only when the mentor's label term is on."""
 
-    def __init__(self, missing: list[BlockInfo], head: ClassifierHead, proj: nn.Module | None) -> None:
+    def __init__(self, missing: list[BlockInfo], head: ClassifierHead, proj: nn.Module | None,
+                 bias: bool = False) -> None:
         super().__init__()
-        self.convs = nn.Sequential(*(nn.Conv2d(b.in_channels, b.out_channels, 3, stride=b.stride, padding=1)
-                                     for b in missing))
+        self.convs = nn.Sequential(*(output_conv(b, bias) for b in missing))
         self.head = head
         self.proj = proj
+
+
+def output_conv(block: BlockInfo, bias: bool) -> nn.Conv2d:
+    """The 3x3 convolution standing in for one missing block, initialised as the release's."""
+    conv = nn.Conv2d(block.in_channels, block.out_channels, 3, stride=block.stride, padding=1, bias=bias)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
 
 
 def _children(block: nn.Module) -> list[nn.Module]:
@@ -43,7 +53,7 @@ class StageModel(nn.Module):
     """``blocks[0..t-1] -> out``; stage T keeps the model's own head (it is the full model)."""
 
     def __init__(self, model: BlockModel, stage: int, overlap: int = 0, projection: bool = False,
-                 frozen_bn: str = "train") -> None:
+                 frozen_bn: str = "train", output_bias: bool = False) -> None:
         super().__init__()
         if not 1 <= stage <= model.num_blocks:
             raise ValueError(f"stage must be in 1..{model.num_blocks}, got {stage}")
@@ -52,7 +62,7 @@ class StageModel(nn.Module):
         width = model.block_info[-1].out_channels
         head = model.head if stage == model.num_blocks else ClassifierHead(width, model.num_classes)
         proj = projection_head(width) if projection else None
-        self.out = OutputModule(model.block_info[stage:], head, proj)
+        self.out = OutputModule(model.block_info[stage:], head, proj, output_bias)
         for p in self.blocks[: stage - 1].parameters():
             p.requires_grad_(False)
         # Blocks 1..t as two paths: ``_frozen_path`` runs without autograd, ``_live_path`` with it.

@@ -87,6 +87,19 @@ def time_to_target(run: pd.DataFrame, target: float, clock: str = "device_wall_t
     return float(reached[clock].iloc[0]) if len(reached) else math.nan
 
 
+def last_rounds(values: pd.Series, share: float = 0.1) -> pd.Series:
+    """The last ``share`` of a run's values in round order (at least one): what a run ends on,
+    less noisy than its last round alone."""
+    return values.iloc[-max(1, math.ceil(share * len(values))):]
+
+
+def near_chance(accuracy: float, classes: int, test_samples: int) -> bool:
+    """Whether an accuracy cannot be told from guessing one of ``classes``: within three binomial
+    standard errors of ``1 / classes`` on a test set of ``test_samples``."""
+    chance = 1 / classes
+    return accuracy <= chance + 3 * math.sqrt(chance * (1 - chance) / test_samples)
+
+
 def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
     """Per label, seed and round: the share of devices whose budget covers the task offered to it
     (what the memory gate held against it: the estimate, plus the allocator's overhead where a

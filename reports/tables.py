@@ -10,7 +10,16 @@ from typing import Any
 import pandas as pd
 
 from reports.load import ESTIMATE, TENSOR, Suite
-from reports.stats import INTERVAL_NAMES, fits_per_round, interval, interval_kind, mean_ci, time_to_target
+from reports.stats import (
+    INTERVAL_NAMES,
+    fits_per_round,
+    interval,
+    interval_kind,
+    last_rounds,
+    mean_ci,
+    near_chance,
+    time_to_target,
+)
 from reports.style import MB
 
 DASH = "–"
@@ -57,6 +66,32 @@ def _over_budget(trained: pd.DataFrame) -> float:
     return float(trained["over_budget"].fillna(False).astype(bool).mean())
 
 
+LOSS_FALL = 0.75  # training loss "fell": its last rounds' mean at most this share of round 1's
+
+
+def _stuck_at_chance(suite: Suite, label: str, accurate: list[pd.DataFrame], trained: pd.DataFrame) -> str | None:
+    """A note when the evaluated accuracy ends at chance (mean over seeds of each seed's last rounds)
+    while the clients' training loss fell: what is evaluated is not what trains. It names the cause
+    the method recorded (``chance_cause`` in its manifests), if any."""
+    manifests = [m for (name, _), m in sorted(suite.manifests.items()) if name == label]
+    data = manifests[0].get("data", {}) if manifests else {}
+    classes, tests = data.get("num_classes"), data.get("test")
+    if not classes or not tests or "train_loss" not in trained or not any(len(g) for g in accurate):
+        return None
+    ending = mean_ci(last_rounds(g["accuracy"]).mean() for g in accurate if len(g))[0]
+    losses = trained.groupby("round")["train_loss"].mean().dropna()
+    if not near_chance(ending, classes, tests) or len(losses) < 2:
+        return None
+    first, last = float(losses.iloc[0]), float(last_rounds(losses).mean())
+    if not last <= LOSS_FALL * first:
+        return None
+    cause = next((m["chance_cause"] for m in manifests if m.get("chance_cause")), "")
+    return (f"{label}: evaluated accuracy stays at chance ({ending:.1%} over its last rounds; guessing one of "
+            f"{classes} classes scores {1 / classes:.0%}) while its clients' training loss fell from {first:.2f} "
+            f"to {last:.2f}: the evaluated model does not show what training learned. "
+            + (f"Likely cause: {cause}." if cause else "The method records no likely cause."))
+
+
 def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dict[str, Any]:
     rounds = suite.rounds[suite.rounds["label"] == label]
     clients = suite.clients[suite.clients["label"] == label]
@@ -91,6 +126,9 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         notes.append(f"{label}: {below} of {len(trained)} trained clients measured less than their task's estimate "
                      "(the estimate is the largest step the task can take, e.g. FjORD's widest drawn width): its "
                      "task peaks are upper bounds")
+    stuck = _stuck_at_chance(suite, label, accurate, trained)
+    if stuck:
+        notes.append(stuck)
     over = _over_budget(trained)
     if over > 0:
         notes.append(f"{label}: {over:.0%} of its trained clients exceeded their memory budget; its accuracy "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import baselines  # noqa: F401  (registration)
-from baselines.submodel import SubModel, aggregate, leftmost, rolling, shapes_of
+from baselines.submodel import SubModel, aggregate, counted, leftmost, rolling, shapes_of
 from harness.config import OptimizerConfig
 from harness.fleet import Device
 from harness.methods import METHODS, TaskSpec, weighted_average
@@ -51,6 +51,61 @@ def test_overlapping_index_sets_average_per_entry_and_keep_untrained():
     assert out["n"].item() == 8  # (6 + 2 * 9) / 3
     plain = aggregate(state, [(a, ua, 1), (b, ub, 1)])
     assert plain["w"][1, 0].item() == 25.0
+
+
+def test_counted_averaging_weighs_each_entry_by_its_running_update_count():
+    """FedRolex's server, worked by hand on a 3-client toy: counts start at 1 and grow by one with
+    each client holding the entry, inside the round; only counted keys are weighed so."""
+    state = {"bn": torch.zeros(3), "conv": torch.zeros(3, 1)}
+    shapes = {k: v.shape for k, v in state.items()}
+    counts = {"bn": torch.ones(3, dtype=torch.float64)}
+
+    def holding(channels: list[int], value: float) -> tuple[SubModel, dict[str, torch.Tensor], float]:
+        idx = torch.tensor(channels)
+        sub = SubModel({"bn": (idx,), "conv": (idx, None)})
+        return sub, {"bn": torch.full((len(channels),), value), "conv": torch.full((len(channels), 1), value)}, 1.0
+
+    a, b, c = holding([0, 1, 2], 6.0), holding([0, 1], 12.0), holding([0], 18.0)
+    out = aggregate(state, counted([a, b, c], counts, shapes))
+    # bn[0]: (1*6 + 2*12 + 3*18) / 6; bn[1]: (1*6 + 2*12) / 3; bn[2]: client a alone
+    assert out["bn"].tolist() == [14.0, 10.0, 6.0]
+    assert out["conv"].flatten().tolist() == [12.0, 9.0, 6.0]  # plain means
+    assert counts["bn"].tolist() == [4.0, 3.0, 2.0]
+    out = aggregate(out, counted([holding([0, 1, 2], 10.0), holding([0, 1], 40.0)], counts, shapes))
+    assert torch.allclose(out["bn"], torch.tensor([(4 * 10 + 5 * 40) / 9, (3 * 10 + 4 * 40) / 7, 10.0]))
+    assert counts["bn"].tolist() == [6.0, 5.0, 3.0]
+
+
+def test_fedrolex_counts_norm_entries_and_classifier_plain_means_convolutions_and_resumes_its_counts():
+    """Three full-width clients in round 1: a BN weight is (1 u0 + 2 u1 + 3 u2) / 6, a convolution
+    the plain mean; ``averaging = "plain"`` is the plain mean everywhere (HeteroFL's combine). The
+    counts are resume state: a method loaded from the state aggregates round 2 as the original."""
+    labels = {d: [1] * 10 for d in range(3)}
+    m = method("fedrolex", context(labels=labels))
+    spec = TaskSpec("width", 1.0)
+    base = {k: v.clone() for k, v in m.model.state_dict().items()}
+    uploads = [perturbed(base, d + 1) for d in range(3)]
+    results = [uploaded(d, spec, u) for d, u in enumerate(uploads)]
+    bn = next(k for k, v in base.items() if v.dim() == 1 and not k.startswith("head"))
+    conv = next(k for k, v in base.items() if v.dim() == 4)
+    m.aggregate(1, results)
+    got = m.model.state_dict()
+    want = (uploads[0][bn].double() + 2 * uploads[1][bn].double() + 3 * uploads[2][bn].double()) / 6
+    assert torch.allclose(got[bn].double(), want, atol=1e-6)
+    want_fc = sum((i + 1) * u["head.fc.weight"].double() for i, u in enumerate(uploads)) / 6
+    assert torch.allclose(got["head.fc.weight"].double(), want_fc, atol=1e-6)
+    assert torch.allclose(got[conv], sum(u[conv] for u in uploads) / 3, atol=1e-6)
+    plain = method("fedrolex", context(labels=labels), averaging="plain")
+    plain.aggregate(1, results)
+    assert torch.allclose(plain.model.state_dict()[bn], sum(u[bn] for u in uploads) / 3, atol=1e-6)
+
+    resumed = method("fedrolex", context(labels=labels))
+    resumed.load_state_dict(m.state_dict())
+    round_two = [uploaded(d, spec, perturbed(base, d + 7)) for d in range(3)]
+    for each in (m, resumed):
+        each.aggregate(2, round_two)
+    assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in m.model.state_dict().items())
+    assert m.counts[bn].tolist() == [7.0] * base[bn].numel()
 
 
 def test_extract_cuts_real_smaller_tensors_for_resnet_and_its_shortcuts():
@@ -158,8 +213,8 @@ def test_label_split_averages_a_classifier_row_over_the_clients_that_hold_its_cl
     """HeteroFL's and FedRolex's combine: client 1 never saw class 0, so row 0 (and bias 0) of the
     aggregate is client 0's alone; rows both clients hold are their mean."""
     labels = {0: [5] * 10, 1: [0] + [5] * 9}
-    for name in ("heterofl", "fedrolex"):
-        m = method(name, context(labels=labels), rates=[1.0, 0.5])
+    for name, params in (("heterofl", {}), ("fedrolex", {"averaging": "plain"})):
+        m = method(name, context(labels=labels), rates=[1.0, 0.5], **params)
         specs = [TaskSpec("width", 1.0), TaskSpec("width", 0.5)]
         uploads = [perturbed(m.client_task(1, Device(d, 2**40), s).model.state_dict(), d + 1)
                    for d, s in enumerate(specs)]
@@ -171,7 +226,7 @@ def test_label_split_averages_a_classifier_row_over_the_clients_that_hold_its_cl
         mean = (uploads[0]["head.fc.weight"][1, :half] + uploads[1]["head.fc.weight"][1, :half]) / 2
         assert torch.allclose(fc_w[1, :half], mean)
         assert torch.equal(fc_w[1, half:], uploads[0]["head.fc.weight"][1, half:])
-        plain = method(name, context(labels=labels), rates=[1.0, 0.5], label_split=False)
+        plain = method(name, context(labels=labels), rates=[1.0, 0.5], label_split=False, **params)
         plain.aggregate(1, results)
         assert torch.allclose(plain.model.head.fc.weight[0, :half], (uploads[0]["head.fc.weight"][0, :half]
                                                                      + uploads[1]["head.fc.weight"][0, :half]) / 2)

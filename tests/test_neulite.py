@@ -85,6 +85,22 @@ def test_nhsic_with_a_single_label_is_zero_with_finite_gradient():
 
 
 # -- stages -------------------------------------------------------------------------------------
+def test_output_module_convolutions_are_built_as_the_releases():
+    """Kaiming-normal weights with fan_out and ReLU gain, no bias (the release's output modules);
+    ``output_bias`` adds a bias that starts at zero. Checked on a convolution large enough that its
+    weights' spread tells the two inits apart (PyTorch's default has std 1/sqrt(3 fan_in))."""
+    torch.manual_seed(0)
+    ctx = context("resnet18", (3, 32, 32), 1.0)
+    stage = StageModel(ctx.build_model(), 1)
+    for conv in stage.out.convs:
+        assert conv.bias is None
+        fan_out = conv.out_channels * 9
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
+    biased = StageModel(ctx.build_model(), 1, output_bias=True)
+    assert all(torch.equal(conv.bias, torch.zeros(conv.out_channels)) for conv in biased.out.convs)
+    assert NeuLiteParams().output_bias is False
+
+
 ZOO = [("cnn", (1, 8, 8), 1.0), ("resnet18", (3, 32, 32), 0.125), ("resnet34", (3, 32, 32), 0.125),
        ("vgg11", (3, 32, 32), 0.125), ("vgg16", (3, 32, 32), 0.125)]
 

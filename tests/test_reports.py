@@ -490,6 +490,29 @@ def test_clients_measured_below_their_estimate_are_noted(suite):
     assert not any("measured less" in note for note in summarize(suite, TARGET)[1])
 
 
+def test_accuracy_at_chance_while_training_loss_falls_is_flagged_with_the_methods_cause(suite):
+    """heterofl made to read 10% in every round (the test set of 20 cannot tell up to 30% from
+    guessing one of 10 classes) while its clients' loss falls from 2.40 to 0.80 in round 5."""
+    rounds, clients = suite.rounds.copy(), suite.clients.copy()
+    rounds.loc[rounds["label"] == "heterofl", "accuracy"] = 0.1
+    hetero = clients["label"] == "heterofl"
+    clients.loc[hetero, "train_loss"] = 2.8 - 0.4 * clients.loc[hetero, "round"]
+    manifests = {key: {**m, "chance_cause": "its statistics"} if key[0] == "heterofl" else m
+                 for key, m in suite.manifests.items()}
+    stuck = dataclasses.replace(suite, rounds=rounds, clients=clients, manifests=manifests)
+    flagged = [n for n in summarize(stuck, TARGET)[1] if "chance" in n]
+    assert flagged == ["heterofl: evaluated accuracy stays at chance (10.0% over its last rounds; guessing one of "
+                       "10 classes scores 10%) while its clients' training loss fell from 2.40 to 0.80: the "
+                       "evaluated model does not show what training learned. Likely cause: its statistics."]
+    unnamed = dataclasses.replace(stuck, manifests=suite.manifests)
+    assert next(n for n in summarize(unnamed, TARGET)[1] if "chance" in n).endswith(
+        "The method records no likely cause.")
+    flat = dataclasses.replace(stuck, clients=suite.clients)  # loss 1.0 throughout: nothing learned
+    assert not any("chance" in n for n in summarize(flat, TARGET)[1])
+    rounds.loc[rounds["label"] == "heterofl", "accuracy"] = 0.31  # above 10% + 3 standard errors
+    assert not any("chance" in n for n in summarize(dataclasses.replace(stuck, rounds=rounds), TARGET)[1])
+
+
 def test_summary_table_matches_hand_computed_values(rendered):
     _, out = rendered
     rows = table_rows((out / "summary.md").read_text())
