@@ -270,7 +270,8 @@ def names_side(x: np.ndarray, y: np.ndarray, group: list[int], names_y: list[flo
 
 @themed
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
-    """Final accuracy against peak memory; the Pareto front joins the methods no other beats.
+    """Accuracy (each seed's last tenth of rounds) against peak memory; the Pareto front joins the
+    methods no other beats.
     Every point sits at its own values (none is moved along an axis to make room) and is named;
     the names of points on nearly one memory value are spread apart, with a leader line each."""
     points = summary.dropna(subset=["peak_mb", "final"])
@@ -308,7 +309,7 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
             label="Pareto front of the means" + (" (within budget)" if not feasible.all() else ""))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Final test accuracy",
+    ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Test accuracy (last 10% of rounds)",
            title="Memory against accuracy (up and left is better)")
     bars = interval_note(points["seeds"]) if "seeds" in points else None
     notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None]

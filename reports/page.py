@@ -28,7 +28,8 @@ FIGURES = {
                       "trained and was aggregated (took part), per round, mean over seeds (each seed has "
                       "its own fleet, so no interval is drawn)."),
     "memory_vs_accuracy": ("Memory against accuracy",
-                           "Final accuracy against peak memory per method, every point at its own values and "
+                           "Accuracy (mean of each seed's last 10% of evaluated rounds) against peak memory "
+                           "per method, every point at its own values and "
                            "labelled, bars its interval over seeds; the dotted Pareto front joins the methods "
                            "whose mean no other beats on both (where bars overlap it ranks nothing). Hollow: a "
                            "method that ran over its clients' budgets."),
@@ -45,8 +46,13 @@ FIGURES = {
 SUMMARY_TEXT = (
     "Accuracy is the deployable model's test accuracy, mean over seeds with its interval in brackets: "
     "a 95% Student's t-interval with 3 seeds or more, the min-max range with 2, none with 1 (the "
-    "Seeds column says which), clipped to 0-100%; final is each seed's last evaluated round, best its "
-    "highest, picked on the test set and so optimistic (compare methods on final). A task's peak is "
+    "Seeds column says which), clipped to 0-100%. The headline is each seed's mean over its last 10% of "
+    "evaluated rounds (at least one), less noisy than its last round, which stands beside it; the change "
+    "over the last 20% is the last tenth's mean minus the tenth's before it (mean over seeds): a method "
+    "that moved more than 1.5 points is not at its plateau, and a note says so. Against the best compares "
+    "each interval with that of the best method within its budgets: 'not separable' where they overlap "
+    "(these seeds cannot tell the two apart), 'n/a' without an interval. Best is each seed's highest "
+    "round, picked on the test set and so optimistic (compare methods on the headline). A task's peak is "
     "its estimated training memory (equal to the measured one unless a note says otherwise); the "
     "smallest task is what a device needs to take part at all. Fleet that fits is the share of devices whose budget "
     "covers the task offered to them, over budget the share of trained clients whose measured peak "
@@ -54,7 +60,8 @@ SUMMARY_TEXT = (
     "this fleet could reach. Peak measured is the largest measured tensor peak (MB = 2^20 bytes). "
     "Participation is the mean over rounds and seeds of participated/devices. Device time is "
     "simulated time on the devices (docs/device-time.md); speed-up is FedAvg's device time to "
-    "target divided by the method's. Host time is the simulator's own wall time. Bytes are totals "
+    "target divided by the method's, seed by seed, with its interval over the seeds. Host time is the "
+    "simulator's own wall time. Bytes are totals "
     "over rounds, mean over seeds."
 )
 @dataclass

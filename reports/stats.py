@@ -93,6 +93,23 @@ def last_rounds(values: pd.Series, share: float = 0.1) -> pd.Series:
     return values.iloc[-max(1, math.ceil(share * len(values))):]
 
 
+PLATEAU = 0.015  # a run is at its plateau when its last tenth moves at most 1.5 points from the tenth before
+
+
+def plateau_change(values: pd.Series, share: float = 0.1) -> float:
+    """How far a run still moves: the mean of its last ``share`` of values (in round order) minus
+    the mean of the ``share`` before it; nan when there are too few values for two such spans."""
+    k = max(1, math.ceil(share * len(values)))
+    if len(values) < 2 * k:
+        return math.nan
+    return float(values.iloc[-k:].mean() - values.iloc[-2 * k:-k].mean())
+
+
+def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two intervals (lo, hi) share a point; nan bounds (no interval) never do."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def near_chance(accuracy: float, classes: int, test_samples: int) -> bool:
     """Whether an accuracy cannot be told from guessing one of ``classes``: within three binomial
     standard errors of ``1 / classes`` on a test set of ``test_samples``."""

@@ -12,12 +12,15 @@ import pandas as pd
 from reports.load import ESTIMATE, TENSOR, Suite
 from reports.stats import (
     INTERVAL_NAMES,
+    PLATEAU,
     fits_per_round,
     interval,
     interval_kind,
     last_rounds,
     mean_ci,
     near_chance,
+    overlaps,
+    plateau_change,
     time_to_target,
 )
 from reports.style import MB
@@ -98,9 +101,13 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
     trained = clients[clients["status"] == "trained"] if "status" in clients else clients.iloc[0:0]
     seeds = [g for _, g in rounds.groupby("seed")]
     accurate = [g.dropna(subset=["accuracy"]).sort_values("round") for g in seeds]
-    final = interval([g["accuracy"].iloc[-1] for g in accurate if len(g)], 0.0, 1.0)
-    best = interval([g["accuracy"].max() for g in accurate if len(g)], 0.0, 1.0)
-    ttt = interval([time_to_target(g, target) for g in seeds], 0.0)
+    ended = [g["accuracy"] for g in accurate if len(g)]
+    final = interval([last_rounds(a).mean() for a in ended], 0.0, 1.0)  # the headline: each seed's last tenth
+    last = interval([a.iloc[-1] for a in ended], 0.0, 1.0)
+    best = interval([a.max() for a in ended], 0.0, 1.0)
+    change = mean_ci(plateau_change(a) for a in ended)[0]
+    ttt_seeds = {int(g["seed"].iloc[0]): time_to_target(g, target) for g in seeds}
+    ttt = interval(ttt_seeds.values(), 0.0)
     timed = bool(seeds) and rounds["device_wall_time"].notna().any()
     peak = trained[TENSOR + "peak"].max()
     share = (rounds["participated"] / rounds["devices"].where(rounds["devices"] > 0)).mean()
@@ -126,6 +133,11 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         notes.append(f"{label}: {below} of {len(trained)} trained clients measured less than their task's estimate "
                      "(the estimate is the largest step the task can take, e.g. FjORD's widest drawn width): its "
                      "task peaks are upper bounds")
+    if abs(change) > PLATEAU:
+        notes.append(f"{label}: not at a plateau: its accuracy moved {100 * change:+.1f} points between the last two "
+                     f"tenths of its evaluated rounds (mean over seeds; a plateau moves at most {100 * PLATEAU:.1f}), "
+                     + ("so it is still rising and its accuracy understates where it ends" if change > 0
+                        else "so it is falling or unsteady"))
     stuck = _stuck_at_chance(suite, label, accurate, trained)
     if stuck:
         notes.append(stuck)
@@ -139,10 +151,12 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         "seeds": len(seeds),
         "rounds": _span(recorded),
         "final": final[0], "final_lo": final[1], "final_hi": final[2],
+        "last": last[0], "last_lo": last[1], "last_hi": last[2], "change": change,
         "best": best[0], "best_lo": best[1], "best_hi": best[2],
         "peak_mb": peak / MB, "task_min_mb": clients[ESTIMATE].min() / MB, "task_max_mb": clients[ESTIMATE].max() / MB,
         "over_budget": over, "fits": _fits(clients), "participation": share,
         "ttt": ttt[0], "ttt_lo": ttt[1], "ttt_hi": ttt[2], "reached": ttt[3] if timed else math.nan,
+        "ttt_seeds": ttt_seeds,
         "dropped": _dropped(clients),
         "host_time": mean_ci([g["wall_time"].max() for g in seeds])[0],
         "up_mb": mean_ci([g["bytes_up"].sum() / MB for g in seeds])[0],
@@ -156,11 +170,13 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     rows = [_label_row(suite, label, target, notes) for label in suite.labels]
     summary = pd.DataFrame(rows).set_index("label")
     summary["reference"] = pd.Series(references(suite))
-    # a speed-up compares means: only of seeds that all reached the target, on both sides
+    # a speed-up pairs seeds: the reference's time over the method's, seed by seed, only where every
+    # seed of both reached the target; its interval is over those per-seed ratios
     whole = summary["reached"] == summary["seeds"]
-    summary["speedup"] = [summary.loc[ref, "ttt"] / row["ttt"] if isinstance(ref, str) and whole[label] and whole[ref]
-                          else math.nan
-                          for ref, (label, row) in zip(summary["reference"], summary.iterrows(), strict=True)]
+    speedups = pd.DataFrame([_speedup(summary, label, ref, whole) for label, ref in summary["reference"].items()],
+                            index=summary.index, columns=["speedup", "speedup_lo", "speedup_hi"])
+    summary = summary.drop(columns="ttt_seeds").join(speedups)
+    summary["versus_best"] = _versus_best(summary)
     timed = summary["reached"].notna() & (summary["seeds"] > 0)  # labels whose records carry device time
     none_reached = bool(timed.any()) and bool((summary.loc[timed, "reached"] == 0).all())
     if none_reached:
@@ -173,6 +189,41 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
         elif not whole[reference] and not none_reached:
             notes.append(f"{reference} has not reached {target:.0%} in every seed: speed-up n/a")
     return summary, notes
+
+
+def _speedup(summary: pd.DataFrame, label: str, ref: Any, whole: pd.Series) -> tuple[float, float, float]:
+    """The reference's device time to target over the label's, paired by seed: mean and interval."""
+    if not isinstance(ref, str) or not whole[label] or not whole[ref]:
+        return math.nan, math.nan, math.nan
+    if label == ref:
+        return 1.0, math.nan, math.nan
+    mine, theirs = summary.loc[label, "ttt_seeds"], summary.loc[ref, "ttt_seeds"]
+    mean, lo, hi, _ = interval(theirs[s] / mine[s] for s in sorted(mine.keys() & theirs.keys()))
+    return mean, lo, hi
+
+
+BEST, NOT_SEPARABLE, BELOW, ABOVE, NO_INTERVAL = "best", "not separable", "below", "above", "n/a"
+
+
+def _versus_best(summary: pd.DataFrame) -> list[str]:
+    """Each label against the best accuracy among the labels within their budgets: whether their
+    intervals overlap (then the two cannot be told apart on these seeds)."""
+    feasible = summary[(summary["over_budget"].fillna(0) == 0) & summary["final"].notna()]
+    if feasible.empty:
+        return [NO_INTERVAL] * len(summary)
+    best = feasible["final"].idxmax()
+    top = (summary.loc[best, "final_lo"], summary.loc[best, "final_hi"])
+    out = []
+    for label, row in summary.iterrows():
+        if label == best:
+            out.append(BEST)
+        elif math.isnan(row["final"]) or math.isnan(row["final_lo"]) or math.isnan(top[0]):
+            out.append(NO_INTERVAL)
+        elif overlaps((row["final_lo"], row["final_hi"]), top):
+            out.append(NOT_SEPARABLE)
+        else:
+            out.append(ABOVE if row["final"] > summary.loc[best, "final"] else BELOW)
+    return out
 
 
 def over_budget_names(summary: pd.DataFrame) -> dict[str, str]:
@@ -212,6 +263,13 @@ def _seeds(n: int) -> str:
     return str(n) if kind == "none" else f"{n} ({INTERVAL_NAMES[kind]})"
 
 
+def _speedup_text(row: pd.Series) -> str:
+    if math.isnan(row["speedup"]):
+        return "n/a"
+    text = f"×{row['speedup']:.2f}"
+    return text if math.isnan(row["speedup_lo"]) else f"{text} (×{row['speedup_lo']:.2f}{DASH}×{row['speedup_hi']:.2f})"
+
+
 def speedup_header(summary: pd.DataFrame) -> str:
     """"Speed-up vs fedavg", or, when suites with a FedAvg each are compared, against each one's."""
     names = over_budget_names(summary)
@@ -232,7 +290,11 @@ def display(summary: pd.DataFrame, target: float) -> pd.DataFrame:
         "Method": summary["method"],
         "Seeds": summary["seeds"].map(_seeds),
         "Rounds": summary["rounds"],
-        "Final accuracy (%)": _percent(summary, "final"),
+        "Accuracy, last 10% of rounds (%)": _percent(summary, "final"),
+        "Against the best": summary["versus_best"],
+        "Last round (%)": _percent(summary, "last"),
+        "Change over the last 20% (points)": summary["change"].map(
+            lambda v: DASH if math.isnan(v) else f"{100 * v:+.1f}"),
         "Best accuracy (%)": _percent(summary, "best"),
         "Smallest task (MB)": summary["task_min_mb"].map(number),
         "Largest task (MB)": summary["task_max_mb"].map(number),
@@ -242,7 +304,7 @@ def display(summary: pd.DataFrame, target: float) -> pd.DataFrame:
         "Participation (%)": (summary["participation"] * 100).map(lambda v: number(v, 1)),
         "Dropped at deadline (% of selected)": (summary["dropped"] * 100).map(lambda v: number(v, 1)),
         f"Device time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
-        speedup_header(summary): summary["speedup"].map(lambda v: "n/a" if math.isnan(v) else f"×{v:.2f}"),
+        speedup_header(summary): [_speedup_text(row) for _, row in summary.iterrows()],
         "Host time (s)": summary["host_time"].map(lambda v: number(v, 1)),
         "Bytes up (MB)": summary["up_mb"].map(number),
         "Bytes down (MB)": summary["down_mb"].map(number),

@@ -44,16 +44,18 @@ def test_summary_table_values(tmp_path, quiet):
     rows = summary_rows(folder, [("fedavg", "fedavg-seed0"), ("fedavg", "fedavg-seed1")])
     rounds = [[json.loads(x) for x in (folder / f"fedavg-seed{s}" / "rounds.jsonl").read_text().splitlines()]
               for s in (0, 1)]
-    final = (rounds[0][-1]["accuracy"] + rounds[1][-1]["accuracy"]) / 2
+    last = [seed[-1]["accuracy"] for seed in rounds]  # 2 rounds: the last tenth is the last round
+    change = sum(seed[1]["accuracy"] - seed[0]["accuracy"] for seed in rounds) / 2
     peak = max(r["peak_tensor"] for seed in rounds for r in seed)
     clients = [json.loads(x) for s in (0, 1) for x in (folder / f"fedavg-seed{s}" / "clients.jsonl").read_text()
                .splitlines()]
     over = any(c.get("over_budget") for c in clients)  # plain FedAvg ignores budgets: marked when it overran
-    assert over and rows == [["fedavg (over budget)", f"{100 * final:.1f}%",
-                     f"{100 * sum(max(r['accuracy'] for r in s) for s in rounds) / 2:.1f}%",
-                     f"{peak / 2**20:.2f}", "67%", "2"]]
+    accuracy = f"{50 * sum(last):.1f}% ({100 * min(last):.1f}-{100 * max(last):.1f})"  # two seeds: their range
+    assert over and rows == [["fedavg (over budget)", accuracy, accuracy,
+                              f"{100 * change:+.1f}" + (" (rising)" if change > 0.015 else ""),
+                              f"{peak / 2**20:.2f}", "67%", "2"]]
     assert format_table(rows).splitlines()[2].startswith("| fedavg (over budget) |")
-    assert quiet[-1].strip().startswith("| method | final acc")
+    assert quiet[-1].strip().startswith("| method | accuracy, last 10% of rounds | last round |")
 
 
 def test_summary_final_accuracy_is_the_last_evaluated_round(tmp_path, quiet):
@@ -62,7 +64,8 @@ def test_summary_final_accuracy_is_the_last_evaluated_round(tmp_path, quiet):
     rounds = [json.loads(x) for x in path.read_text().splitlines()]
     rounds[-1]["accuracy"] = None  # a run stopped after a round that eval_every skipped
     path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    assert summary_rows(folder, [("fedavg", "fedavg-seed0")])[0][1] == f"{100 * rounds[0]['accuracy']:.1f}%"
+    row = summary_rows(folder, [("fedavg", "fedavg-seed0")])[0]
+    assert row[1] == row[2] == f"{100 * rounds[0]['accuracy']:.1f}%" and row[3] == "n/a"  # one evaluated round
 
 
 def test_memory_measure_compares_estimate_tracker_and_rss(capsys):

@@ -25,7 +25,7 @@ from reports.compare import load_suites
 from reports.load import CATEGORIES, ReportError, load_suite, records
 from reports.page import FIGURES
 from reports.render import render
-from reports.stats import interval, mean_ci, pareto_front
+from reports.stats import interval, last_rounds, mean_ci, pareto_front, plateau_change
 from reports.style import METHOD_COLORS, method_styles
 from reports.tables import display, over_budget_names, summarize
 
@@ -70,6 +70,11 @@ def device_round(label: str, seed: int) -> float:
 
 def device_time(label: str, seed: int, r: int) -> float:
     return r * device_round(label, seed)
+
+
+def time_to_target_of(label: str, seed: int) -> float:
+    """Device time at the first round whose accuracy reaches TARGET."""
+    return device_time(label, seed, next(r for r in range(1, 6) if accuracy(label, seed, r) >= TARGET))
 
 
 def need(label: str, seed: int, r: int, device: int) -> int:
@@ -219,6 +224,25 @@ def test_intervals_are_t_with_three_seeds_the_range_with_two_and_clipped():
     assert math.isnan(interval([0.5])[1])
 
 
+def test_a_runs_ending_is_its_last_tenth_and_its_change_the_tenth_before():
+    values = pd.Series([0.1 * i for i in range(1, 21)])  # 20 evaluated rounds: tenths of 2
+    assert last_rounds(values).tolist() == pytest.approx([1.9, 2.0])
+    assert plateau_change(values) == pytest.approx(0.2)  # (1.9 + 2.0) / 2 - (1.7 + 1.8) / 2
+    assert last_rounds(values[:3]).tolist() == pytest.approx([0.3]) and plateau_change(values[:3]) == pytest.approx(0.1)
+    assert math.isnan(plateau_change(values[:1]))
+
+
+def test_methods_whose_interval_overlaps_the_best_ones_are_not_separable(suite):
+    rounds = suite.rounds.copy()
+    close = (rounds["label"] == "heterofl") & (rounds["round"] == 5)
+    rounds.loc[close, "accuracy"] = rounds.loc[close, "seed"].map({0: 0.79, 1: 0.815})  # 79.0-81.5 meets 80-82
+    summary, _ = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
+    assert summary["versus_best"].to_dict() == {"fedavg": "above", "heterofl": "not separable", "neulite": "best"}
+    one_seed = dataclasses.replace(suite, rounds=rounds[rounds["seed"] == 0])
+    assert summarize(one_seed, TARGET)[0]["versus_best"].to_dict() == {"fedavg": "n/a", "heterofl": "n/a",
+                                                                        "neulite": "best"}
+
+
 def test_pareto_front_keeps_undominated_points():
     memory = [1.0, 2.0, 3.0, 2.5, math.nan]
     accuracy = [0.5, 0.7, 0.9, 0.6, 0.99]
@@ -234,10 +258,17 @@ def rendered(suite_dir, tmp_path_factory):
     return render(suite_dir, out, target=TARGET), out
 
 
-def test_render_writes_every_file_and_no_notes_but_the_over_budget_one(rendered):
+def test_render_writes_every_file_and_only_the_notes_its_records_call_for(rendered):
+    """Every synthetic run gains 10 points a round (round 5 against round 4: still rising), and FedAvg
+    ran over its clients' budgets; nothing else is noted."""
     report, out = rendered
-    assert report.notes == ["fedavg: 67% of its trained clients exceeded their memory budget; its accuracy "
-                            "and time are not reachable on this fleet"]
+    rising = ("not at a plateau: its accuracy moved +10.0 points between the last two tenths of its evaluated "
+              "rounds (mean over seeds; a plateau moves at most 1.5), so it is still rising and its accuracy "
+              "understates where it ends")
+    assert report.notes == [f"fedavg: {rising}",
+                            "fedavg: 67% of its trained clients exceeded their memory budget; its accuracy "
+                            "and time are not reachable on this fleet",
+                            f"heterofl: {rising}", f"neulite: {rising}"]
     for stem in FIGURES:
         for ext in ("png", "svg"):
             assert (out / f"{stem}.{ext}").stat().st_size > 1000, stem
@@ -427,17 +458,24 @@ def test_the_stage_table_gives_each_stages_peaks_and_the_fleet_it_fits(suite):
 
 def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     summary, notes = summarize(suite, TARGET)
-    assert notes == ["fedavg: 67% of its trained clients exceeded their memory budget; its accuracy and time "
-                     "are not reachable on this fleet"]
-    expected = {label: mean_over_seeds(device_time(label, s, next(r for r in range(1, 6)
-                                                                   if accuracy(label, s, r) >= TARGET))
-                                       for s in (0, 1))
-                for label in ("fedavg", "heterofl", "neulite")}
+    assert [n for n in notes if "plateau" not in n] == [
+        "fedavg: 67% of its trained clients exceeded their memory budget; its accuracy and time are not reachable "
+        "on this fleet"]
+    per_seed = {label: [time_to_target_of(label, s) for s in (0, 1)] for label in ("fedavg", "heterofl", "neulite")}
+    expected = {label: mean_over_seeds(times) for label, times in per_seed.items()}
     assert expected["fedavg"] == pytest.approx(25.2)  # round 4 at 6.0 s and 6.6 s a round on the devices
     ax = figures.time_to_target(summary, styles, TARGET).axes[0]
     assert [p.get_width() for p in ax.patches] == pytest.approx(list(expected.values()))
+    ratios = {label: [f / t for f, t in zip(per_seed["fedavg"], times, strict=True)]
+              for label, times in per_seed.items()}
+    for label in ("heterofl", "neulite"):  # paired by seed: the mean of the per-seed ratios, their range
+        pair = ratios[label]
+        assert summary.loc[label, ["speedup", "speedup_lo", "speedup_hi"]].tolist() == pytest.approx(
+            [mean_over_seeds(pair), min(pair), max(pair)])
+    assert summary.loc["fedavg", "speedup"] == 1.0 and math.isnan(summary.loc["fedavg", "speedup_lo"])
     texts = [t.get_text() for t in ax.texts if t.get_gid() != "notes"]
-    assert texts == ["×1.00 (reference)", f"×{25.2 / 15.75:.2f}", f"×{25.2 / 23.625:.2f}"]
+    assert texts == ["×1.00 (reference)", *(f"×{mean_over_seeds(ratios[label]):.2f}" for label in ("heterofl",
+                                                                                                 "neulite"))]
     note = next(t for t in ax.texts if t.get_gid() == "notes").get_text()
     assert "speed-up only where every seed of both reached it" in note
     assert ax.get_yticklabels()[0].get_text() == "fedavg (over budget)"
@@ -446,7 +484,7 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     partly.loc["heterofl", ["reached", "speedup"]] = 1, math.nan  # one seed of two reached it (summarize's rule)
     partial = figures.time_to_target(partly, styles, TARGET).axes[0]
     texts = [t.get_text() for t in partial.texts if t.get_gid() != "notes"]
-    assert texts[1] == "speed-up n/a, 1/2 seeds reached it" and texts[2] == f"×{25.2 / 23.625:.2f}"
+    assert texts[1] == "speed-up n/a, 1/2 seeds reached it" and texts[2] == f"×{mean_over_seeds(ratios['neulite']):.2f}"
     assert figures.time_to_target(summarize(suite, 0.99)[0], styles, 0.99) is None  # nobody reached it: no chart
 
 
@@ -457,7 +495,8 @@ def test_a_speed_up_needs_every_seed_of_both_to_reach_the_target(suite):
     rounds.loc[slow, "accuracy"] = 0.5  # seed 1 never reaches 73%
     summary, notes = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
     assert summary.loc["heterofl", "reached"] == 1 and math.isnan(summary.loc["heterofl", "speedup"])
-    assert summary.loc["neulite", "speedup"] == pytest.approx(25.2 / 23.625)
+    assert summary.loc["neulite", "speedup"] == pytest.approx(mean_over_seeds(
+        time_to_target_of("fedavg", s) / time_to_target_of("neulite", s) for s in (0, 1)))
     assert "heterofl: reached 73% in 1 of 2 seeds; time is their mean" in notes
 
 
@@ -519,7 +558,7 @@ def test_summary_table_matches_hand_computed_values(rendered):
     assert "## Peak memory per stage" in (out / "summary.md").read_text()  # NeuLite's stages as a table too
     fedavg = rows["fedavg (over budget)"]
     assert fedavg["Seeds"] == "2 (min–max range)"
-    assert fedavg["Final accuracy (%)"] == "86.0 (85.0–87.0)"  # final accuracies 0.85 and 0.87
+    assert fedavg["Accuracy, last 10% of rounds (%)"] == "86.0 (85.0–87.0)"  # final accuracies 0.85 and 0.87
     assert fedavg["Best accuracy (%)"] == "86.0 (85.0–87.0)"
     assert fedavg["Peak measured (MB)"] == f"{(5 * MB + 2 * 4096 + 1024) / MB:.2f}"
     assert fedavg["Smallest task (MB)"] == "5.00" and fedavg["Largest task (MB)"] == f"{(5 * MB + 13312) / MB:.2f}"
@@ -530,7 +569,11 @@ def test_summary_table_matches_hand_computed_values(rendered):
     assert fedavg["Host time (s)"] == "10.5"  # 5 rounds at 2.0 s and 2.2 s on the host
     assert fedavg["Bytes up (MB)"] == "7.50"  # devices 0, 1, 2: (1 + 2 + 3) / 4 MB a round, 5 rounds
     assert fedavg["Bytes down (MB)"] == "15.00"
-    assert rows["heterofl"]["Speed-up vs fedavg (over budget)"] == "×1.60"  # 25.2 s / 15.75 s
+    assert rows["heterofl"]["Speed-up vs fedavg (over budget)"] == "×1.60 (×1.60–×1.60)"  # 24/15 and 26.4/16.5
+    assert fedavg["Last round (%)"] == "86.0 (85.0–87.0)" and fedavg["Change over the last 20% (points)"] == "+10.0"
+    # the best within budgets is neulite (81%); fedavg ran over budget above it, heterofl's range lies below
+    assert [rows[k]["Against the best"] for k in ("fedavg (over budget)", "heterofl", "neulite")] == [
+        "above", "below", "best"]
     assert rows["heterofl"]["Participation (%)"] == "75.0" and rows["heterofl"]["Fleet that fits (%)"] == "100.0"
     assert rows["neulite"]["Fleet that fits (%)"] == "85.0"  # 4, 4, 3, 3, 3 of 4 devices
     assert rows["neulite"]["Seeds"] == "2 (min–max range)" and rows["neulite"]["Rounds"] == "5"
@@ -571,7 +614,7 @@ def test_partial_records_render_with_notes(tmp_path):
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "line 6 does not parse" in markdown.split("## Notes")[1]
     rows = table_rows(markdown)
-    assert rows["heterofl"]["Seeds"] == "1" and rows["heterofl"]["Final accuracy (%)"] == "75.0"
+    assert rows["heterofl"]["Seeds"] == "1" and rows["heterofl"]["Accuracy, last 10% of rounds (%)"] == "75.0"
     assert rows["toolarge"]["Peak measured (MB)"] == "–" and rows["toolarge"]["Participation (%)"] == "0.0"
     assert rows["toolarge"]["Fleet that fits (%)"] == "0.0" and rows["toolarge"]["Smallest task (MB)"] == "100.00"
     assert rows["toolarge"]["Device time to 73% (s)"] == "not reached"
@@ -593,7 +636,7 @@ def test_no_fedavg_and_missing_suite_json(tmp_path):
     rows = table_rows((suite_dir / "report" / "summary.md").read_text())
     assert sorted(rows) == ["heterofl", "neulite"]
     assert rows["heterofl"]["Speed-up vs FedAvg"] == "n/a"
-    assert rows["neulite"]["Final accuracy (%)"] == "80.0"  # one seed: no interval
+    assert rows["neulite"]["Accuracy, last 10% of rounds (%)"] == "80.0"  # one seed: no interval
 
 
 def test_stale_stage_figures_are_removed(tmp_path):
@@ -686,7 +729,8 @@ def test_one_report_compares_several_suites(tmp_path):
     markdown = (tmp_path / "out" / "summary.md").read_text()
     rows = table_rows(markdown)
     assert sorted(rows) == ["fedavg (over budget)", "heterofl", "loose/neulite", "tight/neulite"]  # clash: prefixed
-    assert rows["tight/neulite"]["Final accuracy (%)"] == rows["loose/neulite"]["Final accuracy (%)"]
+    headline = "Accuracy, last 10% of rounds (%)"
+    assert rows["tight/neulite"][headline] == rows["loose/neulite"][headline]
     assert "## Suites compared" in markdown and "| fleet.distribution | trace | uniform |" in markdown
     assert report.out == tmp_path / "out" and (tmp_path / "out" / "summary.csv").exists()
     with pytest.raises(ReportError, match="give the output folder"):
