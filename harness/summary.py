@@ -23,10 +23,10 @@ def over_budget(folder: Path, run_dirs: list[str]) -> bool:
 
 def _percent(values: list[float]) -> str:
     """Mean over seeds with its interval (reports.stats.interval's: a t-interval from 3 seeds)."""
-    mean, lo, hi, n = interval(values, 0.0, 1.0)
+    centre, lo, hi, n = interval(values, 0.0, 1.0)
     if not n:
         return "n/a"
-    return f"{100 * mean:.1f}%" + ("" if math.isnan(lo) else f" ({100 * lo:.1f}-{100 * hi:.1f})")
+    return f"{100 * centre:.1f}%" + ("" if math.isnan(lo) else f" ({100 * lo:.1f}-{100 * hi:.1f})")
 
 
 def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
