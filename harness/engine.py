@@ -47,7 +47,7 @@ from harness.records import (
 from harness.registry import Registry
 from harness.resume import RunExistsError, check_same_config, record_rounds_asked, run_identity, suite_manifest
 from harness.seeds import derived_seed, deterministic_kernels
-from harness.summary import format_table, summary_rows
+from harness.summary import format_table, summary_table
 from harness.training import NonFiniteLossError, evaluate
 
 
@@ -453,5 +453,5 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
             f"-> {folder}")
         executor(cfg, [RunJob(entry, seed, (folder / name).resolve()) for entry, seed, name in runs],
                  Shared(data, device, estimator), resume, log)
-    log("\n" + format_table(summary_rows(folder, [(entry.label, name) for entry, _, name in runs])))
+    log("\n" + format_table(*summary_table(folder)))
     return folder

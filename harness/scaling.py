@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass, replace
 
 from harness.config import SuiteConfig
-from harness.engine import run_name
 from harness.overhead import timed_suite
 from harness.ray_executor import connect
-from harness.summary import summary_rows
+from harness.summary import COLUMNS, summary_table
 
 
 @dataclass(frozen=True)
@@ -22,9 +21,8 @@ class Timed:
 
 
 def timed(cfg: SuiteConfig) -> Timed:
-    runs = [(e.label, run_name(e.label, s)) for e in cfg.methods for s in cfg.seeds]
-    seconds, rows = timed_suite(cfg, lambda folder: summary_rows(folder, runs))
-    return Timed(cfg.executor, seconds, {row[0]: row[1] for row in rows})
+    seconds, table = timed_suite(cfg, lambda folder: summary_table(folder)[0])
+    return Timed(cfg.executor, seconds, dict(zip(table["Label"], table[COLUMNS[1]], strict=True)))
 
 
 def empty_task_ms(cfg: SuiteConfig, tasks: int = 200) -> float:

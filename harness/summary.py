@@ -1,66 +1,39 @@
-"""The table printed at the end of a suite run: a first look before the report is rendered, with
-the report's own statistics (``reports.stats``), so the two never disagree."""
+"""The table printed at the end of a suite run: the columns of the report's summary (``reports.tables``)
+that a first look needs, computed by the report's own code, so the two never disagree."""
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from harness.fleet import MB
 from harness.markdown import markdown_table
-from harness.records import read_jsonl
-from reports.stats import PLATEAU, interval, last_rounds, mean_ci, plateau_change
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COLUMNS = ["Label", "Accuracy, last 10% of rounds (%)", "Against the best", "Last round (%)",
+           "Change over the last 20% (points)", "Peak measured (MB)", "Participation (%)", "Seeds"]
+TARGET = 0.9  # the report's default; the time to target is not among the columns
 
 
-def over_budget(folder: Path, run_dirs: list[str]) -> bool:
-    """Whether any trained client of these runs exceeded its memory budget."""
-    return any(c.get("over_budget") for d in run_dirs for c in read_jsonl(folder / d / "clients.jsonl"))
+def summary_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Per label of the suite folder: the headline accuracy (each seed's last 10% of evaluated
+    rounds) with its interval, whether it can be told from the best, the last round, how far the
+    last tenth moved, peak memory, participation and seeds; and a note naming the labels that are
+    not at their plateau (the report has every note)."""
+    # imported here: the report's code loads pandas, scipy and matplotlib (seconds), which a process
+    # that only trains (a Ray worker, `harness list`) should not pay for
+    from reports.load import load_suite
+    from reports.stats import PLATEAU
+    from reports.tables import display, summarize
+
+    summary, _ = summarize(load_suite(folder), TARGET)
+    moving = [label for label, change in summary["change"].items() if abs(change) > PLATEAU]
+    notes = [f"not at a plateau (moved more than {100 * PLATEAU:.1f} points over the last 20% of their evaluated "
+             f"rounds; more rounds would change their accuracy): {', '.join(moving)}"] if moving else []
+    return display(summary, TARGET)[COLUMNS], notes
 
 
-def _percent(values: list[float]) -> str:
-    """Mean over seeds with its interval (reports.stats.interval's: a t-interval from 3 seeds)."""
-    centre, lo, hi, n = interval(values, 0.0, 1.0)
-    if not n:
-        return "n/a"
-    return f"{100 * centre:.1f}%" + ("" if math.isnan(lo) else f" ({100 * lo:.1f}-{100 * hi:.1f})")
-
-
-def summary_rows(folder: Path, runs: list[tuple[str, str]]) -> list[list[str]]:
-    """Per label, as the report computes them: accuracy as each seed's mean over its last 10% of
-    evaluated rounds with its interval over seeds, the last round beside it, how much the last tenth
-    moved from the tenth before (more than 1.5 points: not at a plateau), peak measured memory and
-    participation; a label whose clients ran over their budgets is marked, since no device could
-    reach its numbers."""
-    by_label: dict[str, list[list[dict]]] = defaultdict(list)
-    dirs: dict[str, list[str]] = defaultdict(list)
-    for label, run_dir in runs:
-        by_label[label].append(read_jsonl(folder / run_dir / "rounds.jsonl"))
-        dirs[label].append(run_dir)
-    rows = []
-    for label, seeds in by_label.items():
-        seeds = [rounds for rounds in seeds if rounds]
-        evaluated = [pd.Series([x["accuracy"] for x in r if x["accuracy"] is not None], dtype=float) for r in seeds]
-        evaluated = [accuracies for accuracies in evaluated if len(accuracies)]
-        change = mean_ci(plateau_change(a) for a in evaluated)[0]
-        peaks = [x["peak_tensor"] for r in seeds for x in r if x["peak_tensor"] is not None]
-        share = [x["participated"] / x["devices"] for r in seeds for x in r]
-        rows.append([
-            f"{label} (over budget)" if over_budget(folder, dirs[label]) else label,
-            _percent([last_rounds(a).mean() for a in evaluated]),
-            _percent([a.iloc[-1] for a in evaluated]),
-            "n/a" if math.isnan(change) else f"{100 * change:+.1f}" + (" (rising)" if change > PLATEAU else ""),
-            f"{max(peaks) / MB:.2f}" if peaks else "n/a",
-            f"{100 * mean(share):.0f}%" if share else "n/a",
-            str(len(seeds)),
-        ])
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    head = ["method", "accuracy, last 10% of rounds", "last round", "change, last 20% (points)", "peak MB",
-            "participation", "seeds"]
-    return markdown_table(head, rows)
+def format_table(table: pd.DataFrame, notes: list[str]) -> str:
+    return "\n".join([markdown_table(list(table.columns), table.astype(str).values.tolist()),
+                      *(f"note: {note}" for note in notes)])
