@@ -249,7 +249,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     print(f"# suite {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds x {cfg.rounds} rounds on "
           f"{device_name(resolve_device(cfg.device))}; ray: {cfg.ray.num_cpus:g} CPU(s) per run")
     accuracies = (", ".join(f"{k} {v}" for k, v in path.accuracy.items()) for path in paths)
-    print(markdown_table(["executor", "seconds", "final accuracy per method"],
+    print(markdown_table(["executor", "seconds", "accuracy per method (last 10% of rounds)"],
                          ([path.executor, f"{path.seconds:.1f}", acc] for path, acc in zip(paths, accuracies))))
     print(f"local / ray: {paths[0].seconds / paths[1].seconds:.2f}x")
     print(f"ray per-task cost (an empty task, warm workers): {task_ms:.2f} ms")

@@ -17,7 +17,7 @@ from harness.summary import COLUMNS, summary_table
 class Timed:
     executor: str
     seconds: float
-    accuracy: dict[str, str]  # final accuracy per label: the same records, whichever way they ran
+    accuracy: dict[str, str]  # headline accuracy per label: the same records, whichever way they ran
 
 
 def timed(cfg: SuiteConfig) -> Timed:
