@@ -18,9 +18,9 @@ from torch import nn
 
 Pick = Callable[[int, int], torch.Tensor]  # (global size C, kept k) -> k channel indices
 Shapes = dict[str, torch.Size]
-# A client's weight in an average: one number, or per key one weight per entry it holds (in the
-# order of ``SubModel.flat_index``), as FedRolex's counted averaging gives it.
-Weight = float | Mapping[str, torch.Tensor]
+# A client's weight in an average: one number, or per key either one number or one weight per entry
+# it holds (in the order of ``SubModel.flat_index``), as FedRolex's counted averaging gives it.
+Weight = float | Mapping[str, float | torch.Tensor]
 Upload = tuple["SubModel", dict[str, torch.Tensor], Weight]
 
 
@@ -101,9 +101,10 @@ class SubModel:
 
 def entry_weights(weight: Weight, key: str, pos: torch.Tensor) -> torch.Tensor:
     """A client's weight for each entry of ``key`` it holds, in float64."""
-    if isinstance(weight, Mapping):
-        return weight[key].double()
-    return torch.full(pos.shape, float(weight), dtype=torch.float64)
+    own = weight[key] if isinstance(weight, Mapping) else weight
+    if isinstance(own, torch.Tensor):
+        return own.double()
+    return torch.full(pos.shape, float(own), dtype=torch.float64)
 
 
 def aggregate(state: dict[str, torch.Tensor], uploads: list[Upload]) -> dict[str, torch.Tensor]:
@@ -134,13 +135,10 @@ def counted(uploads: list[Upload], counts: dict[str, torch.Tensor], shapes: Shap
     in round 1 weigh 1, 2 and 3. Other entries keep the client's own weight. ``counts`` is updated."""
     out: list[Upload] = []
     for sub, state, weight in uploads:
-        weights = {}
-        for key in sub.index:
+        weights: dict[str, float | torch.Tensor] = dict.fromkeys(sub.index, weight)
+        for key in counts.keys() & sub.index.keys():
             pos = sub.flat_index(key, shapes[key])
-            if key in counts:
-                weights[key] = counts[key][pos]  # a copy: index with a tensor gathers
-                counts[key][pos] += 1  # a sub-model holds each entry once
-            else:
-                weights[key] = entry_weights(weight, key, pos)
+            weights[key] = counts[key][pos]  # a copy: index with a tensor gathers
+            counts[key][pos] += 1  # a sub-model holds each entry once
         out.append((sub, state, weights))
     return out

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from reports.load import CATEGORIES, ESTIMATE, TENSOR
 from reports.stats import INTERVAL_NAMES, band, fits_per_round, interval_kind, pareto_front
-from reports.style import CATEGORY_COLORS, MB, outside_legend, themed
+from reports.style import CATEGORY_COLORS, MB, outside_legend, speedup_text, themed
 
 PEAK = TENSOR + "peak"
 DEVICE_CLOCK = "device_wall_time"
@@ -340,7 +340,8 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
         elif math.isnan(row["ttt"]):
             text = "not reached"
         else:
-            text = "speed-up n/a" if math.isnan(row["speedup"]) else f"×{row['speedup']:.2f}"
+            text = "speed-up n/a" if math.isnan(row["speedup"]) else speedup_text(
+                row["speedup"], row["speedup_lo"], row["speedup_hi"])
             text += " (reference)" if label == row["reference"] else ""
             if row["reached"] < row["seeds"]:  # the bar is the mean of only the seeds that got there
                 text += f", {int(row['reached'])}/{int(row['seeds'])} seeds reached it"
@@ -358,7 +359,7 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
     bars_note = interval_note(rows["reached"].dropna(), clipped="")
     notes = ["hatched: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
              f"error bars: {bars_note} of those that reached it" if bars_note else None,
-             "speed-up only where every seed of both reached it"]
+             "speed-up only where every seed of both reached it, seed by seed (its interval in brackets)"]
     ax.text(1.02, 1.0, "\n".join(n for n in notes if n), transform=ax.transAxes, va="top", fontsize="x-small",
             color="0.3", gid="notes")
     return fig

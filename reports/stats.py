@@ -87,10 +87,15 @@ def time_to_target(run: pd.DataFrame, target: float, clock: str = "device_wall_t
     return float(reached[clock].iloc[0]) if len(reached) else math.nan
 
 
+def _span(n: int, share: float) -> int:
+    """How many of ``n`` values make up a ``share`` of them: at least one."""
+    return max(1, math.ceil(share * n))
+
+
 def last_rounds(values: pd.Series, share: float = 0.1) -> pd.Series:
     """The last ``share`` of a run's values in round order (at least one): what a run ends on,
     less noisy than its last round alone."""
-    return values.iloc[-max(1, math.ceil(share * len(values))):]
+    return values.iloc[-_span(len(values), share):]
 
 
 PLATEAU = 0.015  # a run is at its plateau when its last tenth moves at most 1.5 points from the tenth before
@@ -99,7 +104,7 @@ PLATEAU = 0.015  # a run is at its plateau when its last tenth moves at most 1.5
 def plateau_change(values: pd.Series, share: float = 0.1) -> float:
     """How far a run still moves: the mean of its last ``share`` of values (in round order) minus
     the mean of the ``share`` before it; nan when there are too few values for two such spans."""
-    k = max(1, math.ceil(share * len(values)))
+    k = _span(len(values), share)
     if len(values) < 2 * k:
         return math.nan
     return float(values.iloc[-k:].mean() - values.iloc[-2 * k:-k].mean())

@@ -4,6 +4,7 @@ and how figures are written, so a method is recognisable at a glance across ever
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,14 @@ METHOD_COLORS = {
 }
 OTHER_COLORS = sns.color_palette("husl", 24)
 SHADES = (0.0, -0.35, 0.35, -0.6, 0.6)  # variants of a method's colour for its second, third... label
+
+
+def speedup_text(mean: float, lo: float, hi: float) -> str:
+    """A speed-up as tables and figures show it: "×1.64 (×0.78–×2.50)", without an interval "×1.64",
+    "n/a" when there is none."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"×{mean:.2f}" + ("" if math.isnan(lo) else f" (×{lo:.2f}–×{hi:.2f})")
 
 
 def method_color(method: str) -> tuple[float, float, float]:

@@ -23,7 +23,7 @@ from reports.stats import (
     plateau_change,
     time_to_target,
 )
-from reports.style import MB
+from reports.style import MB, speedup_text
 
 DASH = "–"
 
@@ -263,13 +263,6 @@ def _seeds(n: int) -> str:
     return str(n) if kind == "none" else f"{n} ({INTERVAL_NAMES[kind]})"
 
 
-def _speedup_text(row: pd.Series) -> str:
-    if math.isnan(row["speedup"]):
-        return "n/a"
-    text = f"×{row['speedup']:.2f}"
-    return text if math.isnan(row["speedup_lo"]) else f"{text} (×{row['speedup_lo']:.2f}{DASH}×{row['speedup_hi']:.2f})"
-
-
 def speedup_header(summary: pd.DataFrame) -> str:
     """"Speed-up vs fedavg", or, when suites with a FedAvg each are compared, against each one's."""
     names = over_budget_names(summary)
@@ -304,7 +297,8 @@ def display(summary: pd.DataFrame, target: float) -> pd.DataFrame:
         "Participation (%)": (summary["participation"] * 100).map(lambda v: number(v, 1)),
         "Dropped at deadline (% of selected)": (summary["dropped"] * 100).map(lambda v: number(v, 1)),
         f"Device time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
-        speedup_header(summary): [_speedup_text(row) for _, row in summary.iterrows()],
+        speedup_header(summary): [speedup_text(row["speedup"], row["speedup_lo"], row["speedup_hi"])
+                                  for _, row in summary.iterrows()],
         "Host time (s)": summary["host_time"].map(lambda v: number(v, 1)),
         "Bytes up (MB)": summary["up_mb"].map(number),
         "Bytes down (MB)": summary["down_mb"].map(number),
