@@ -41,6 +41,7 @@ class ClientJob:
     spec: TaskSpec
     indices: torch.Tensor  # the client's training samples
     context: str  # names the client in errors and progress lines
+    measure: bool = True  # train under the tracker (``measure.clients``: else its task's shape was measured)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def train_client(cfg: SuiteConfig, data: DataBundle, method: Method, job: Client
     batches = client_batches(cfg, data, job.indices, device, job.seed, job.rnd, job.position)
     optimizer = round_optimizer(cfg.optimizer, job.rnd, cfg.rounds)
     local = train_local(lambda: method.trained_task(job.rnd, job.device, job.spec), batches, cfg.local_epochs,
-                        optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context)
+                        optimizer, cfg.measure.steps, cfg.measure.rss, context=job.context, measure=job.measure)
     return ClientResult(job.device, job.spec, local)
 
 

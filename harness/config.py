@@ -75,6 +75,11 @@ class OptimizerConfig:
 @dataclass
 class MeasureConfig:
     steps: int = 1  # steps measured at each batch size that can hold a client's peak (one suffices: all start alike)
+    # Which trained clients run under the tracker: "shapes", the first client of each distinct task
+    # shape (task, batch sizes) in a run, the others recorded with their task's estimate (equal to
+    # the measurement to the byte on a CPU, docs/memory.md); or "all" of them (a measured step costs
+    # about twice an untracked one). Either way training computes the same values.
+    clients: Literal["shapes", "all"] = "shapes"
     rss: bool = True
     # What the memory gate holds against a budget: the estimated peak, or on a GPU the estimate plus
     # the caching allocator's overhead measured once per task kind (docs/memory.md)

@@ -157,6 +157,7 @@ class Run:
         self.calibration = Batches(data, mixed(len(data.train_y)), cfg.eval_batch_size, device) \
             if self.method.calibrates else None
         self.tag = f"[{entry.label} seed {seed}]"
+        self.measured: set[str] = set()  # task shapes measured so far (``measure.clients = "shapes"``)
 
     def manifest(self) -> dict[str, Any]:
         model = self.ctx.build_model()
@@ -209,6 +210,7 @@ class Run:
             done = 0 if checkpoint is None else checkpoint["round"]
             if checkpoint is not None:
                 self.method.load_state_dict(checkpoint["method"])
+                self.measured = set(checkpoint.get("measured", []))
                 first, clock = done + 1, Clock(checkpoint["wall_time"], checkpoint["device_time"])
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone
             if first <= self.cfg.rounds:
@@ -240,20 +242,25 @@ class Run:
                                                           f"{self.cfg.deadline_s:g} s")
                     stragglers += 1
                     continue
-                jobs.append((self.client_job(rnd, c), row, on_device.total))
+                shape = self.shape(c)
+                measure = self.cfg.measure.clients == "all" or shape not in self.measured
+                self.measured.add(shape)  # the round's later clients of this shape are not measured
+                jobs.append((self.client_job(rnd, c, measure), row, on_device.total, c, shape))
             elif not c.reason:
                 row["status"] = "not_selected"
-        outcomes = clients.train(self.method, [job for job, _, _ in jobs])
+        outcomes = clients.train(self.method, [job for job, *_ in jobs])
         failed = 0
-        for (_, row, on_device), outcome in zip(jobs, outcomes):
+        for (job, row, on_device, c, shape), outcome in zip(jobs, outcomes):
             if isinstance(outcome, ClientFailure):
                 row.update(status="failed", reason=outcome.reason)
                 failed += 1
+                if job.measure:  # a later client measures it
+                    self.measured.discard(shape)
                 self.log(f"{self.tag} round {rnd}: device {row['device']} failed: {outcome.reason}")
                 continue
             results.append(outcome)
             times.append(on_device)
-            row.update(self.trained_fields(outcome))
+            row.update(self.trained_fields(outcome, c.estimate))
         if results:
             self.method.aggregate(rnd, results)
         evaluated = evaluates(self.cfg, rnd)
@@ -273,7 +280,7 @@ class Run:
         record.update(device_time=device_round, stragglers=stragglers, failed=failed)
         self.writer.append_round(record, rows)
         self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,
-                                     "method": self.method.state_dict()})
+                                     "method": self.method.state_dict(), "measured": sorted(self.measured)})
         self.log_round(record)
 
     def device_time(self, c: Candidate) -> DeviceTime:
@@ -282,9 +289,15 @@ class Run:
         return client_time(c.device, self.method.cost(c.spec, c.device), self.method.flops_per_sample(c.spec),
                            samples, self.cfg.local_epochs)
 
-    def client_job(self, rnd: int, c: Candidate) -> ClientJob:
+    def client_job(self, rnd: int, c: Candidate, measure: bool) -> ClientJob:
         return ClientJob(self.seed, rnd, c.position, c.device, c.spec, self.parts[c.position],
-                         f"{self.tag} round {rnd}, device {c.device.id}")
+                         f"{self.tag} round {rnd}, device {c.device.id}", measure)
+
+    def shape(self, c: Candidate) -> str:
+        """The candidate's task shape: its task and the batch sizes its client trains (what its
+        memory depends on, and what the estimate is kept by)."""
+        sizes = self.ctx.estimator.batch_sizes(self.ctx.samples(c.device), c.spec.micro_batch)
+        return repr((c.spec, sizes))
 
     def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:
         row = {"round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
@@ -299,9 +312,13 @@ class Run:
         return row
 
     @staticmethod
-    def trained_fields(result: ClientResult) -> dict[str, Any]:
+    def trained_fields(result: ClientResult, estimate: MemoryReport) -> dict[str, Any]:
+        """A trained client's record. Its peak is the measured one, or, for a client not measured
+        (its task shape was), its task's estimate (``memory`` null, ``measured`` false)."""
         local = result.local
-        return {"memory": local.memory, "over_budget": local.memory["tensor"]["peak"] > result.device.budget,
+        measured = bool(local.memory)
+        peak = local.memory["tensor"]["peak"] if measured else estimate.peak
+        return {"memory": local.memory or None, "measured": measured, "over_budget": peak > result.device.budget,
                 "samples": local.num_samples, "steps": local.steps, "train_loss": local.train_loss,
                 "train_time": local.train_time, "bytes_up": local.bytes_up, "bytes_down": local.bytes_down}
 
@@ -318,7 +335,7 @@ class Run:
             "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
             "devices": len(candidates), "eligible": eligible,
             "selected": len(chosen), "participated": len(results), "excluded": len(candidates) - eligible,
-            "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results), default=None),
+            "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results if r.local.memory), default=None),
             "peak_estimate": max(estimates, default=None),
             "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
             "wall_time": clock.wall, "device_wall_time": clock.device,
@@ -329,6 +346,8 @@ class Run:
     def log_round(self, r: dict[str, Any]) -> None:
         acc = "  n/a " if r["accuracy"] is None else f"{100 * r['accuracy']:5.1f}%"
         peak = "-" if r["peak_tensor"] is None else f"{r['peak_tensor'] / MB:.2f} MB"
+        if r["peak_tensor"] is None and r["peak_estimate"] is not None:  # no client of the round was measured
+            peak = f"{r['peak_estimate'] / MB:.2f} MB (estimated)"
         self.log(f"{self.tag} round {r['round']}/{self.cfg.rounds}  acc {acc}  trained {r['participated']}"
                  f"/{r['devices']} (eligible {r['eligible']})  peak {peak}  {r['round_time']:.1f} s")
         if r["eligible"] == 0:

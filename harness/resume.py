@@ -13,6 +13,8 @@ from harness.records import RunWriter, git_commit, now, read_json_file, versions
 
 # may change between a run and its resume: how long, what beside it, and where it executes
 RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray"}
+# and within a part: which clients are measured (training computes the same values either way)
+RESUMABLE_FIELDS = {"measure": {"clients"}}
 
 
 class RunExistsError(RuntimeError):
@@ -30,11 +32,17 @@ def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
             for part, values in config.items()}
 
 
+def without_resumable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without what a resume may change."""
+    return {part: {k: v for k, v in values.items() if k not in RESUMABLE_FIELDS.get(part, ())}
+            if isinstance(values, dict) else values
+            for part, values in config.items() if part not in RESUMABLE_KEYS}
+
+
 def run_identity(cfg: SuiteConfig, params: Any) -> dict[str, dict[str, Any]]:
     """What a run's resume must share with its records: the config but its resumable keys, and the
     method's parameters."""
-    config = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_KEYS}
-    return {"config": config, "method_params": dataclasses.asdict(params)}
+    return {"config": without_resumable(to_dict(cfg)), "method_params": dataclasses.asdict(params)}
 
 
 def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, dict[str, Any]],
@@ -45,9 +53,11 @@ def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, d
     ``built``, the fleet and partition report its config gives now."""
     recorded = writer.read_manifest()
     recorded["config"] = with_added_keys(recorded.get("config", {}))
+    recorded_identity = {"config": without_resumable(recorded["config"]),
+                         "method_params": recorded.get("method_params", {})}
     current = json.loads(json.dumps(identity))
     for part, values in current.items():
-        old = {k: v for k, v in recorded.get(part, {}).items() if k not in RESUMABLE_KEYS}
+        old = recorded_identity[part]
         if old != values:
             keys = sorted(k for k in values.keys() | old.keys() if old.get(k) != values.get(k))
             raise ConfigError(f"cannot resume {writer.folder}: its records were made with another "

@@ -151,11 +151,12 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     return optimizer
 
 
-def start_training(tracker: TensorTracker, task: Task, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def start_training(tracker: TensorTracker | None, task: Task, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The task's model in training mode and its optimizer, whose state counts from now on."""
     task.model.train()
     optimizer = make_optimizer(task.model, cfg)
-    tracker.name_roles(task.model, optimizer)
+    if tracker is not None:
+        tracker.name_roles(task.model, optimizer)
     return optimizer
 
 
@@ -260,28 +261,35 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: OptimizerConfig,
-                steps_to_measure: int, measure_rss: bool = True, context: str = "") -> LocalResult:
+                steps_to_measure: int, measure_rss: bool = True, context: str = "",
+                measure: bool = True) -> LocalResult:
     """Build the client's task and train it. Memory is measured from the moment the task is built
     (what it holds) and in the first ``steps_to_measure`` steps at each batch size that can hold the
     client's peak (``peak_batches``: its full batch; a short last one only if cut into a larger
     micro-batch), or in every step if they are not alike. The other steps run untracked, so
     measurement barely changes training speed (the process-level probes sample until the last
-    measured step)."""
-    probes = sources.start_probes(batches.device, measure_rss)
+    measured step). With ``measure`` false nothing is tracked (its ``memory`` is empty): a client
+    whose task shape the run has already measured."""
+    probes = sources.start_probes(batches.device, measure_rss) if measure else None
     try:
-        tracker = TensorTracker()
-        task = build_tracked(tracker, build, batches.device)
-        probes.rebase()
+        tracker = TensorTracker() if measure else None
+        if tracker is not None:
+            task = build_tracked(tracker, build, batches.device)
+            probes.rebase()
+        else:
+            task = build()
+            task.model.to(batches.device)
         model = task.model
         bytes_down = tensor_bytes(model.state_dict(keep_vars=True))
         optimizer = start_training(tracker, task, cfg)
-        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), steps_to_measure)  # steps left
+        # steps left to measure at each batch size
+        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), steps_to_measure if measure else 0)
         start = time.perf_counter()
         total, steps = 0.0, 0
         for _ in range(epochs):
             for x, y in batches:
                 interrupts.check()
-                if not task.steps_alike or to_measure.get(len(y)):
+                if tracker is not None and (not task.steps_alike or to_measure.get(len(y))):
                     value = float(measured_step(tracker, task, optimizer, x, y))
                     if task.steps_alike:
                         to_measure[len(y)] -= 1
@@ -297,10 +305,13 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         if batches.device.type == "cuda":
             torch.cuda.synchronize(batches.device)
         train_time = time.perf_counter() - start
-        tensor = tracker.close()
+        memory = {}
+        if tracker is not None:
+            tensor = tracker.close()
+            memory = {"tensor": tensor.to_record(), **probes.records(tensor.peak)}
     finally:  # an error (a NaN loss, out of memory) must not leave the sampler running
-        probes.stop()
-    memory = {"tensor": tensor.to_record(), **probes.records(tensor.peak)}
+        if probes is not None:
+            probes.stop()
     state = {k: v.detach().to("cpu", copy=True) for k, v in task.upload(model).items()}
     num_samples = len(batches.y)
     return LocalResult(state, num_samples, steps, total / max(1, num_samples * epochs), train_time,

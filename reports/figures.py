@@ -177,7 +177,7 @@ def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], suites:
 @themed
 def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -> Figure | None:
     """Per method: the stacked categories of the client with the highest measured peak, every
-    client's peak as a dot, and the range of its tasks' peaks (smallest: what a device needs to
+    measured client's peak as a dot, and the range of its tasks' peaks (smallest: what a device needs to
     take part at all); beside it the fleet's budgets on the same MB axis, with each method's
     smallest task against them."""
     trained = clients.dropna(subset=[PEAK])
@@ -201,7 +201,7 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
         peaks = per_client.loc[label].to_numpy()
         ax.scatter(labels.index(label) + rng.uniform(-0.2, 0.2, len(peaks)), peaks, s=14, zorder=3,
                    color=styles[label]["color"], edgecolor="black", linewidth=0.5, gid=label,
-                   label="each client's peak" if i == 0 else None)
+                   label="each measured client's peak" if i == 0 else None)
     for i, label in enumerate(labels):  # the range of task peaks, beside the bar
         low, high = tasks.loc[label]
         if np.isfinite(low):

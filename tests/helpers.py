@@ -50,7 +50,7 @@ def without_times(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         row = {k: v for k, v in row.items() if k not in TIMING}
-        if "memory" in row:
+        if row.get("memory"):
             row["memory"] = {k: v for k, v in row["memory"].items() if k != "rss"}
         out.append(row)
     return out

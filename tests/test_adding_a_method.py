@@ -34,7 +34,7 @@ def test_worked_example_registers_as_a_plugin_and_runs(tmp_path, monkeypatch):
         "name": "doc", "rounds": 2, "clients_per_round": 3, "batch_size": 16, "device": "cpu",
         "data": {"name": "synthetic", "synthetic_samples": 200},
         "fleet": {"devices": 4, "distribution": "uniform", "low_mb": 0.5, "high_mb": 4.0},
-        "measure": {"rss": False},
+        "measure": {"rss": False, "clients": "all"},
         "methods": [{"method": "my_fedprox", "mu": 0.2}],
     })
     folder = run_suite(cfg, tmp_path / "runs", log=lambda _: None)

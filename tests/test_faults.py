@@ -397,7 +397,8 @@ def test_bad_image_folders_say_what_is_wrong(tmp_path):
 def test_clients_smaller_than_a_batch_are_estimated_at_their_own_size(tmp_path, quiet):
     """Batch 200 and clients of about 53 samples: the estimate is each client's own batch, equal to
     what it measures, so ExclusiveFL no longer shuts every device out."""
-    cfg = tiny_suite(rounds=1, batch_size=200, methods=[{"method": "exclusive"}], fleet={"low_mb": 0.5, "high_mb": 2})
+    cfg = tiny_suite(rounds=1, batch_size=200, methods=[{"method": "exclusive"}], fleet={"low_mb": 0.5, "high_mb": 2},
+                     measure={"clients": "all"})
     clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "exclusive-seed0" / "clients.jsonl")
     trained = [c for c in clients if c["status"] == "trained"]
     assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)
@@ -415,7 +416,7 @@ def test_a_short_last_batch_is_estimated_as_it_is_trained(tmp_path, quiet):
         (48,), (20,), (48,), (48,), (48,), (48,), (48,)]
     assert [estimator.batch_sizes(n, micro_batch=4) for n in (20, 53, 54, 67)] == [
         (20,), (48, 5), (48,), (48,)]  # 48 in 4s; 5 is 4 + 1, joined: a 5; 6 is 4 + 2; 19 is 4s and a 3
-    cfg = tiny_suite(rounds=1, batch_size=48, methods=[{"method": "allsmall"}])
+    cfg = tiny_suite(rounds=1, batch_size=48, methods=[{"method": "allsmall"}], measure={"clients": "all"})
     clients = read_jsonl(run_suite(cfg, tmp_path, log=quiet) / "allsmall-seed0" / "clients.jsonl")
     trained = [c for c in clients if c["status"] == "trained"]
     assert trained and all(c["memory"]["tensor"] == c["estimate"] for c in trained)

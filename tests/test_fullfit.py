@@ -152,7 +152,8 @@ def test_each_device_gets_the_cheapest_setting_that_fits():
 
 def test_a_suite_records_each_clients_setting_and_measures_what_it_estimated(tmp_path, quiet):
     cfg = tiny_suite(rounds=2, batch_size=32, fleet={"low_mb": 0.3, "high_mb": 1.0},
-                     methods=[{"method": "microbatch"}, {"method": "checkpoint", "micro_batches": [4]}])
+                     methods=[{"method": "microbatch"}, {"method": "checkpoint", "micro_batches": [4]}],
+                     measure={"clients": "all"})
     folder = run_suite(cfg, tmp_path, log=quiet)
     for run in ("microbatch-seed0", "checkpoint-seed0"):
         clients = read_jsonl(folder / run / "clients.jsonl")

@@ -175,7 +175,7 @@ def test_executor_ray_from_the_command_line(tmp_path, capsys):
 def client(cfg, data, device: torch.device) -> tuple[Run, ClientJob]:
     """A run of ``cfg`` and the job of its first client in round 1."""
     run = Run(cfg, cfg.methods[0], 0, data, device, Path("unused"), quiet, suite_estimator(cfg, data, device))
-    return run, run.client_job(1, plan_round(run.method, 1, run.fleet)[0])
+    return run, run.client_job(1, plan_round(run.method, 1, run.fleet)[0], measure=True)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
