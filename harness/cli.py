@@ -205,9 +205,10 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ConfigError(f"--models: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(MODELS.names())}")
-    batches = [int(b) for b in args.batches.split(",")]
+    if unknown or not models:
+        raise ConfigError(f"--models: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'none given'}; "
+                          f"allowed: {', '.join(MODELS.names())}")
+    batches = args.batches
     text = render(models, batches, (models[0], batches[0]) if args.spot_check else None)
     if args.into:
         write_into(Path(args.into), text)
@@ -270,8 +271,29 @@ def positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers (``32,64``), else one clear error."""
+    parse = positive(int)
+    values = [parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 32,64; got {text!r}")
+    return values
+
+
+def momentum(text: str) -> float:
+    """An argparse type: SGD's momentum, in [0, 1) as a suite's ``optimizer.momentum``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m harness", description="Run a suite, list what is registered, tabulate estimated memory.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite file")
     run.add_argument("suite", help="suite TOML file, e.g. suites/quick.toml")
@@ -294,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--input", default="3,32,32", help="C,H,W of one sample (default 3,32,32)")
     mem.add_argument("--classes", type=positive(int), default=10)
     mem.add_argument("--width", type=positive(float), default=1.0, help="model width in (0, 1]")
-    mem.add_argument("--momentum", type=float, default=0.9)
+    mem.add_argument("--momentum", type=momentum, default=0.9)
     mem.add_argument("--steps", type=positive(int), default=1, help="steps --measure trains (one has the peak)")
     mem.add_argument("--method", default="fedavg",
                      help="also tabulate these methods' tasks (stages, widths, micro-batches), e.g. microbatch,neulite")
@@ -303,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.set_defaults(func=cmd_memory)
     tab = sub.add_parser("tables", help="every method's per-task estimated peak on CIFAR shapes, as Markdown")
     tab.add_argument("--models", default="resnet18,resnet34,vgg16")
-    tab.add_argument("--batches", default="32,64")
+    tab.add_argument("--batches", type=positive_ints, default=[32, 64], help="comma-separated batch sizes")
     tab.add_argument("--spot-check", action=argparse.BooleanOptionalAction, default=True,
                      help="also train each method's first task on the first model and batch, and compare")
     tab.add_argument("--into", help="write between the memory-tables markers of this Markdown file")

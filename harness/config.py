@@ -87,6 +87,13 @@ class MeasureConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What ``python -m reports`` reads from the suite's records unless told otherwise."""
+
+    target: float = 0.9  # accuracy (a fraction) for time to target; --target overrides it
+
+
+@dataclass
 class RayConfig:
     """How ``executor = "ray"`` spreads a suite (docs/ray.md). Records do not depend on where a run
     or client executed, only on its torch threads (``num_cpus``): other thread counts sum in another
@@ -132,6 +139,7 @@ class SuiteConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     methods: list[MethodEntry] = field(default_factory=list)
 
 
@@ -306,6 +314,7 @@ def validate(suite: SuiteConfig) -> None:
     _check(0 < suite.data.alpha < math.inf, f"data.alpha must be positive and finite, got {suite.data.alpha}")
     _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
+    _check(0 < suite.report.target <= 1, "report.target must be a fraction in (0, 1], e.g. 0.9")
     _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
     devices = validate_fleet(suite.fleet)
     _check(suite.clients_per_round <= devices,

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 COLUMNS = ["Label", "Accuracy, last 10% of rounds (%)", "Against the best", "Last round (%)",
            "Change over the last 20% (points)", "Peak measured (MB)", "Participation (%)", "Seeds"]
-TARGET = 0.9  # the report's default; the time to target is not among the columns
 
 
 def summary_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -27,11 +26,13 @@ def summary_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     from reports.stats import PLATEAU
     from reports.tables import display, summarize
 
-    summary, _ = summarize(load_suite(folder), TARGET)
+    suite = load_suite(folder)
+    target = suite.targets[0]  # the time to target is not among the columns
+    summary, _ = summarize(suite, target)
     moving = [label for label, change in summary["change"].items() if abs(change) > PLATEAU]
     notes = [f"not at a plateau (moved more than {100 * PLATEAU:.1f} points over the last 20% of their evaluated "
              f"rounds; more rounds would change their accuracy): {', '.join(moving)}"] if moving else []
-    return display(summary, TARGET)[COLUMNS], notes
+    return display(summary, target)[COLUMNS], notes
 
 
 def format_table(table: pd.DataFrame, notes: list[str]) -> str:

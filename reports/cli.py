@@ -1,4 +1,4 @@
-"""``python -m reports SUITE_DIR [SUITE_DIR ...] [-o OUT] [--target 0.9] [--allow-mixed]``: render a
+"""``python -m reports SUITE_DIR [SUITE_DIR ...] [-o OUT] [--target T] [--allow-mixed]``: render a
 suite's report, or one report comparing several suites."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: SUITE_DIR/report; required with several suites)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="compare suites even when their data set or model differ")
-    parser.add_argument("--target", type=float, default=0.9,
-                        help="target accuracy as a fraction, for time to target (default: 0.9)")
+    parser.add_argument("--target", type=float,
+                        help="target accuracy as a fraction, for time to target (default: the suite's "
+                             "report.target, else 0.9)")
     args = parser.parse_args(argv)
-    if not 0 < args.target <= 1:
+    if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target must be a fraction in (0, 1], e.g. 0.9; got {args.target}")
     try:
         report = render(args.suite_dirs, args.out, args.target, args.allow_mixed)

@@ -64,7 +64,7 @@ def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
     frames = {key: pd.concat([getattr(p, key) for p in parts], ignore_index=True)
               for key in ("runs", "rounds", "clients", "fleet")}
     return Suite(
-        path=suites[0].path, name=" + ".join(names), info={},
+        path=suites[0].path, name=" + ".join(names), info={"suites": [s.info for s in suites]},
         runs=frames["runs"], manifests={k: v for p in parts for k, v in p.manifests.items()},
         rounds=frames["rounds"], clients=frames["clients"], fleet=frames["fleet"],
         notes=[note for p in parts for note in p.notes], compared=compared,

@@ -26,6 +26,7 @@ CLIENT_COLUMNS = ("round", "budget", ESTIMATE, "device_time", "flops", TENSOR + 
                   *(TENSOR + c for c in CATEGORIES))
 FLEET_COLUMNS = ("suite", "seed", "id", "budget", "flops", "up", "down")
 RUN_KEYS = ("label", "method", "seed")
+TARGET = 0.9  # time to target's accuracy when neither --target nor the suite's report.target gives one
 
 
 class ReportError(Exception):
@@ -46,6 +47,12 @@ class Suite:
     fleet: pd.DataFrame  # suite, seed, id, budget, flops, up, down: one row per device of each fleet
     notes: list[str]
     compared: pd.DataFrame | None = None  # several suites: the config keys in which they differ
+
+    @property
+    def targets(self) -> list[float]:
+        """The time-to-target accuracies the suites' records ask for (``report.target``), each once."""
+        infos = self.info.get("suites", [self.info])  # several suites compared: each one's suite.json
+        return sorted({info.get("config", {}).get("report", {}).get("target", TARGET) for info in infos})
 
     @property
     def labels(self) -> list[str]:

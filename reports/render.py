@@ -44,15 +44,21 @@ def stage_sections(clients: pd.DataFrame) -> list[Section]:
                     "stages is its largest row.", table)]
 
 
-def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = None, target: float = 0.9,
+def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = None, target: float | None = None,
            allow_mixed: bool = False) -> Report:
     """Read the records of one suite folder or several (compared in one report), write the figures
     (PNG and SVG), summary.md, summary.csv and index.html into ``out`` (default: the suite's
-    ``report`` folder; required for several suites) and return what was written and what is missing."""
+    ``report`` folder; required for several suites) and return what was written and what is missing.
+    ``target`` (time to target's accuracy) defaults to the suite's ``report.target``."""
     dirs = suite_dirs if isinstance(suite_dirs, list) else [suite_dirs]
     if len(dirs) > 1 and out is None:
         raise ReportError("several suites: give the output folder (-o OUT)")
     suite = load_suites(dirs, allow_mixed)
+    if target is None:
+        if len(suite.targets) > 1:
+            raise ReportError(f"the suites ask for different targets (report.target: "
+                              f"{', '.join(f'{t:g}' for t in suite.targets)}); give one with --target")
+        target = suite.targets[0]
     out = Path(out) if out else suite.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary, notes = summarize(suite, target)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from reports.load import ESTIMATE, TENSOR, Suite
+from reports.load import ESTIMATE, TENSOR, Suite, load_suite
 from reports.stats import (
     INTERVAL_NAMES,
     PLATEAU,
@@ -162,6 +163,15 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         "up_mb": mean_ci([g["bytes_up"].sum() / MB for g in seeds])[0],
         "down_mb": mean_ci([g["bytes_down"].sum() / MB for g in seeds])[0],
     }
+
+
+def suite_summary(suite_dir: str | Path, target: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The report's summary of the suite folder as numbers, one row per label (the columns of
+    ``summarize``: ``final``/``final_lo``/``final_hi`` the headline and its interval over seeds,
+    ``change``, ``versus_best``, ``peak_mb``, ``ttt``, ...), and its notes; ``target`` defaults to the
+    suite's ``report.target``."""
+    suite = load_suite(suite_dir)
+    return summarize(suite, suite.targets[0] if target is None else target)
 
 
 def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:

@@ -66,6 +66,8 @@ def test_int_widens_to_float():
     ({"clients_per_round": 7}, "clients_per_round"),
     ({"seeds": []}, "seeds"),
     ({"seeds": [1, 1]}, "seeds"),
+    ({"report": {"target": 0.0}}, "report.target"),
+    ({"report": {"target": 90}}, "report.target"),
 ])
 def test_out_of_range_values(over, key):
     assert key in error_of(**over)

@@ -524,6 +524,38 @@ def test_memory_refuses_sizes_that_are_not_positive(args, capsys):
     assert code == 2 and "| task |" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["memory"], ["tables"], ["overhead"], ["scaling"]])
+def test_help_texts_are_plain_text(command, capsys):
+    """--help prints prose, not the reStructuredText of docstrings."""
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "usage: python -m harness" in out and "``" not in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["tables", "--batches", "abc"], "expected a positive int, got 'abc'"),
+    (["tables", "--batches=-4"], "must be positive, got -4"),
+    (["tables", "--batches", "0"], "must be positive, got 0"),
+    (["tables", "--batches", ","], "expected comma-separated positive integers"),
+    (["tables", "--models", ","], "--models: none given"),
+    (["tables", "--models", "resnet99"], "--models: unknown 'resnet99'"),
+    (["memory", "cnn", "--momentum", "-0.5"], "must be in [0, 1), got -0.5"),
+    (["memory", "cnn", "--momentum", "1"], "must be in [0, 1), got 1"),
+    (["memory", "cnn", "--momentum", "fast"], "expected a number in [0, 1), got 'fast'"),
+    (["memory", "cnn", "--input", "1,x,8"], "--input"),
+])
+def test_bad_command_line_arguments_are_one_line(args, message, capsys):
+    """Every argument gets the one-line error a suite key gets: no traceback, no table."""
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert code == 2 and message in err and "Traceback" not in err and "|" not in out
+    assert err.strip().splitlines()[-1].count(message) == 1
+
+
 def test_a_suite_path_that_is_not_a_file_is_one_line(tmp_path, capsys):
     assert main(["run", str(tmp_path)]) == 2
     err = capsys.readouterr().err

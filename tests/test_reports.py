@@ -672,6 +672,46 @@ def test_cli_main(suite_dir, tmp_path, capsys):
     assert refused.value.code == 2 and "--target must be a fraction in (0, 1]" in capsys.readouterr().err
 
 
+def with_target(folder, target: float):
+    """The suite folder with ``report.target`` recorded in its suite.json, as a suite file gives it."""
+    info = json.loads((folder / "suite.json").read_text())
+    info["config"]["report"] = {"target": target}
+    (folder / "suite.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_the_suites_report_target_is_the_default_target(tmp_path, capsys):
+    """A suite's ``report.target`` sets time to target unless --target gives one; suites compared
+    that ask for different targets need --target."""
+    a = with_target(write_suite(tmp_path / "a", labels=("fedavg", "neulite")), 0.73)
+    assert main([str(a), "-o", str(tmp_path / "out")]) == 0
+    assert "Device time to 73% (s)" in (tmp_path / "out" / "summary.md").read_text()
+    assert main([str(a), "-o", str(tmp_path / "out"), "--target", "0.8"]) == 0
+    assert "Device time to 80% (s)" in (tmp_path / "out" / "summary.md").read_text()
+    b = rename_suite(with_target(write_suite(tmp_path / "b", labels=("neulite",)), 0.5), "other")
+    capsys.readouterr()
+    assert main([str(a), str(b), "-o", str(tmp_path / "both")]) == 2
+    assert "different targets (report.target: 0.5, 0.73); give one with --target" in capsys.readouterr().err
+    assert main([str(a), str(b), "-o", str(tmp_path / "both"), "--target", "0.5"]) == 0
+    assert main([str(write_suite(tmp_path / "c", labels=("neulite",))), "-o", str(tmp_path / "c_out")]) == 0
+    assert "Device time to 90% (s)" in (tmp_path / "c_out" / "summary.md").read_text()  # none recorded: 0.9
+
+
+def test_suite_summary_is_the_reports_numbers(suite_dir, tmp_path):
+    """The documented API: the summary as numbers, the same as the rendered table's; its headline is
+    the mean over seeds of each seed's last tenth, not one seed's last value."""
+    from reports.tables import suite_summary
+
+    summary, notes = suite_summary(suite_dir, target=TARGET)
+    expected, expected_notes = summarize(load_suite(suite_dir), TARGET)
+    pd.testing.assert_frame_equal(summary, expected)
+    assert notes == expected_notes
+    rounds, _ = records(suite_dir)
+    evaluated = rounds.dropna(subset=["accuracy"]).sort_values("round")
+    per_seed = evaluated.groupby(["label", "seed"])["accuracy"].apply(lambda a: last_rounds(a).mean())
+    assert summary["final"].to_dict() == pytest.approx(per_seed.groupby("label").mean().to_dict())
+
+
 def test_python_m_reports_imports_no_training_code(suite_dir, tmp_path):
     out = tmp_path / "via-m"
     done = subprocess.run([sys.executable, "-m", "reports", str(suite_dir), "-o", str(out)],
