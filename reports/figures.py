@@ -331,8 +331,11 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
     high = (rows["ttt_hi"] - rows["ttt"]).fillna(0).clip(lower=0)
     bars = ax.barh(y, ttt, xerr=[low, high], height=0.6, capsize=3,
                    color=[styles[label]["color"] for label in rows.index])
+    partial = (rows["reached"] < rows["seeds"]) & rows["ttt"].notna()  # a mean of only the seeds that got there
     for bar, label in zip(bars, rows.index, strict=True):
-        bar.set_hatch("//" if styles[label].get("over_budget") else "")
+        bar.set_hatch(("//" if styles[label].get("over_budget") else "") + ("xx" if partial[label] else ""))
+        if partial[label]:
+            bar.set_alpha(0.45)
     ends = ttt + high
     for i, (label, row) in enumerate(rows.iterrows()):
         if math.isnan(row["reached"]):
@@ -357,7 +360,8 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
     ax.set(xlabel="Cumulative device time (s, simulated; mean over seeds that reached it)",
            title=f"Device time to {target:.0%} accuracy ({against})")
     bars_note = interval_note(rows["reached"].dropna(), clipped="")
-    notes = ["hatched: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
+    notes = ["hatched //: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
+             "pale, crossed: reached it in only some seeds (k/n)" if partial.any() else None,
              f"error bars: {bars_note} of those that reached it" if bars_note else None,
              "speed-up only where every seed of both reached it, seed by seed (its interval in brackets)"]
     ax.text(1.02, 1.0, "\n".join(n for n in notes if n), transform=ax.transAxes, va="top", fontsize="x-small",

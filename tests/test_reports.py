@@ -485,6 +485,8 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     partial = figures.time_to_target(partly, styles, TARGET).axes[0]
     texts = [t.get_text() for t in partial.texts if t.get_gid() != "notes"]
     assert texts[1] == "speed-up n/a, 1/2 seeds reached it" and texts[2] == texts_before[2]
+    assert [(p.get_hatch(), p.get_alpha()) for p in partial.patches] == [("//", None), ("xx", 0.45), ("", None)]
+    assert "reached it in only some seeds" in next(t for t in partial.texts if t.get_gid() == "notes").get_text()
     assert figures.time_to_target(summarize(suite, 0.99)[0], styles, 0.99) is None  # nobody reached it: no chart
 
 
