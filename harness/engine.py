@@ -104,7 +104,7 @@ class Clock:
 
 
 def select(candidates: list[Candidate], k: int, policy: str, seed: int, rnd: int) -> set[int]:
-    """Positions sampled to train: ``k`` from the eligible (``eligible``) or from all (``uniform``)."""
+    """Positions sampled to train: ``k`` from those offered a task (``eligible``) or from all (``uniform``)."""
     pool = [c.position for c in candidates if not c.reason or policy == "uniform"]
     return sample(pool, k, seed, rnd)
 
@@ -328,13 +328,14 @@ class Run:
         trained = {r.device.id for r in results}
         estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
         headline = next(iter(evals.values()), (None, None))
-        eligible = sum(not c.reason for c in candidates)
+        offered = [c for c in candidates if not c.reason]  # plain FedAvg offers its task to every device
+        eligible = sum(self.method.need(c.spec, c.device) <= c.device.budget for c in offered)
         return {
             "round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
             "accuracy": headline[0], "loss": headline[1],
             "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
-            "devices": len(candidates), "eligible": eligible,
-            "selected": len(chosen), "participated": len(results), "excluded": len(candidates) - eligible,
+            "devices": len(candidates), "eligible": eligible, "offered": len(offered),
+            "selected": len(chosen), "participated": len(results), "excluded": len(candidates) - len(offered),
             "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results if r.local.memory), default=None),
             "peak_estimate": max(estimates, default=None),
             "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
@@ -349,8 +350,10 @@ class Run:
         if r["peak_tensor"] is None and r["peak_estimate"] is not None:  # no client of the round was measured
             peak = f"{r['peak_estimate'] / MB:.2f} MB (estimated)"
         self.log(f"{self.tag} round {r['round']}/{self.cfg.rounds}  acc {acc}  trained {r['participated']}"
-                 f"/{r['devices']} (eligible {r['eligible']})  peak {peak}  {r['round_time']:.1f} s")
-        if r["eligible"] == 0:
+                 f"/{r['devices']} (eligible {r['eligible']}"
+                 + (f", offered {r['offered']}" if r["offered"] != r["eligible"] else "")
+                 + f")  peak {peak}  {r['round_time']:.1f} s")
+        if r["offered"] == 0:
             self.log(f"{self.tag} round {r['round']}: no device's budget fits this method's task; "
                      "every device is recorded as excluded")
 

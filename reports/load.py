@@ -18,7 +18,7 @@ CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activ
 TENSOR = "memory.tensor."  # prefix of the measured tensor peak and its categories in clients
 ESTIMATE = "estimate.peak"  # the task's estimated peak (the memory a device needs for it)
 ROUND_COLUMNS = (
-    "round", "accuracy", "loss", "devices", "eligible", "selected", "participated", "excluded", "stragglers",
+    "round", "accuracy", "loss", "devices", "eligible", "offered", "selected", "participated", "excluded", "stragglers",
     "peak_tensor", "train_time", "round_time", "wall_time", "device_time", "device_wall_time", "bytes_up",
     "bytes_down",
 )

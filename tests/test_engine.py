@@ -131,9 +131,18 @@ def test_a_budget_no_device_meets_records_everyone_excluded(tmp_path, quiet):
 
 def test_plain_fedavg_ignores_budgets_but_records_overruns(tmp_path, quiet):
     cfg = tiny_suite(fleet={"low_mb": 0.001, "high_mb": 0.002}, rounds=1)
-    _, clients = records(run_suite(cfg, tmp_path, log=quiet) / "fedavg-seed0")
+    rounds, clients = records(run_suite(cfg, tmp_path, log=quiet) / "fedavg-seed0")
     trained = [c for c in clients if c["status"] == "trained"]
     assert len(trained) == 4 and all(c["over_budget"] for c in trained)
+    # eligible means one thing for every method: the devices whose task fits (none here); FedAvg
+    # offers its task to every device regardless
+    assert [(r["eligible"], r["offered"], r["excluded"]) for r in rounds] == [(0, 6, 0)]
+    assert any("(eligible 0, offered 6)" in line for line in quiet)
+    fitting = tiny_suite(fleet={"low_mb": 0.1, "high_mb": 0.6}, rounds=1, name="fits")
+    first = records(run_suite(fitting, tmp_path, log=quiet) / "fedavg-seed0")[0][0]
+    need = {c["estimate"]["peak"] for c in records(tmp_path / "fits" / "fedavg-seed0")[1]}.pop()
+    budgets = [c["budget"] for c in records(tmp_path / "fits" / "fedavg-seed0")[1]]
+    assert first["eligible"] == sum(b >= need for b in budgets) < first["offered"] == 6
 
 
 def test_uniform_selection_samples_from_all_devices(tmp_path, quiet):
