@@ -76,7 +76,23 @@ def stacked_bars(ax: Axes, tops: pd.DataFrame) -> None:
                     ha="center", va="bottom", fontsize="small")
 
 
-def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: str) -> Figure | None:
+def _values(series: pd.Series, scale: float, unit: str) -> str:
+    """A fleet column's values as a reader wants them: one value, or the range the devices span."""
+    low, high = series.min() / scale, series.max() / scale
+    return f"{low:g} {unit}" if math.isclose(low, high) else f"{low:g}-{high:g} {unit}"
+
+
+def time_assumptions(fleet: pd.DataFrame | None) -> str | None:
+    """The device time model's inputs, from the recorded fleets (docs/device-time.md): what every
+    simulated second in a time figure rests on. None: no fleet recorded."""
+    if fleet is None or fleet.empty or fleet[["flops", "up", "down"]].isna().all().all():
+        return None
+    return (f"device time model: {_values(fleet['flops'], 1e9, 'GFLOP/s')} of training, links "
+            f"{_values(fleet['up'] * 8, 1e6, 'Mbit/s')} up and {_values(fleet['down'] * 8, 1e6, 'Mbit/s')} down")
+
+
+def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: str,
+              assumptions: str | None = None) -> Figure | None:
     data = rounds.dropna(subset=["accuracy", x])
     if data.empty:
         return None
@@ -89,7 +105,8 @@ def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: st
         round_axis(ax)
     ax.set(xlabel=xlabel, ylabel="Test accuracy", title=title)
     over = any(styles[label].get("over_budget") for label in data["label"].unique())
-    notes = [band_note(data), "dashed: ran over budget" if over else None]
+    notes = [band_note(data), "dashed: ran over budget" if over else None,
+             textwrap.fill(assumptions, 40) if assumptions else None]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
@@ -100,10 +117,35 @@ def accuracy_vs_round(rounds: pd.DataFrame, styles: dict) -> Figure | None:
 
 
 @themed
-def accuracy_vs_time(rounds: pd.DataFrame, styles: dict) -> Figure | None:
+def accuracy_vs_time(rounds: pd.DataFrame, styles: dict, fleet: pd.DataFrame | None = None) -> Figure | None:
     """Against simulated time on the devices (docs/device-time.md), not the host's wall time."""
     return _accuracy(rounds, styles, DEVICE_CLOCK, "Cumulative device time (s, simulated; mean over seeds)",
-                     "Accuracy by device time")
+                     "Accuracy by device time", time_assumptions(fleet))
+
+
+@themed
+def device_time_split(summary: pd.DataFrame, styles: dict, fleet: pd.DataFrame | None = None) -> Figure | None:
+    """Where a client's simulated round goes, per method: compute (its FLOPs over the device's
+    FLOP/s) and communication (its bytes over the links), mean over its trained clients; the
+    share of communication written beside each bar. None: no device time recorded."""
+    rows = summary.dropna(subset=["compute_s", "comm_s"])
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
+    y = np.arange(len(rows))
+    ax.barh(y, rows["compute_s"], height=0.6, color="0.35", label="compute", gid="compute")
+    ax.barh(y, rows["comm_s"], left=rows["compute_s"], height=0.6, color="0.75", label="communication", gid="comm")
+    ends = rows["compute_s"] + rows["comm_s"]
+    for i, (share, end) in enumerate(zip(rows["comm_share"], ends, strict=True)):
+        ax.annotate(f"{share:.0%} communication", (end, i), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize="small")
+    ax.set_yticks(y, [styles[label]["name"] for label in rows.index])
+    ax.invert_yaxis()
+    ax.set_xlim(0, ends.max() * 1.35)
+    ax.set(xlabel="Device time of a client's round (s, simulated; mean over trained clients)",
+           title="Compute and communication per client round")
+    outside_legend(ax, title=textwrap.fill(time_assumptions(fleet) or "", 40) or None)
+    return fig
 
 
 def name_overlapping_ends(ax: Axes, tolerance: float = 0.015) -> None:
@@ -318,7 +360,8 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
 
 
 @themed
-def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure | None:
+def time_to_target(summary: pd.DataFrame, styles: dict, target: float,
+                   fleet: pd.DataFrame | None = None) -> Figure | None:
     """Mean device time to reach the target, labelled with the speed-up against its FedAvg reference;
     None when no method reached it (a chart of empty bars says nothing)."""
     rows = summary[summary["seeds"] > 0]
@@ -363,7 +406,8 @@ def time_to_target(summary: pd.DataFrame, styles: dict, target: float) -> Figure
     notes = ["hatched //: ran over budget" if any(styles[label].get("over_budget") for label in rows.index) else None,
              "pale, crossed: reached it in only some seeds (k/n)" if partial.any() else None,
              f"error bars: {bars_note} of those that reached it" if bars_note else None,
-             "speed-up only where every seed of both reached it, seed by seed (its interval in brackets)"]
+             "speed-up only where every seed of both reached it, seed by seed (its interval in brackets)",
+             time_assumptions(fleet)]
     ax.text(1.02, 1.0, "\n".join(n for n in notes if n), transform=ax.transAxes, va="top", fontsize="x-small",
             color="0.3", gid="notes")
     return fig

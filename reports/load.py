@@ -22,7 +22,7 @@ ROUND_COLUMNS = (
     "peak_tensor", "train_time", "round_time", "wall_time", "device_time", "device_wall_time", "bytes_up",
     "bytes_down",
 )
-CLIENT_COLUMNS = ("round", "budget", ESTIMATE, "device_time", "flops", TENSOR + "peak",
+CLIENT_COLUMNS = ("round", "budget", ESTIMATE, "device_time", "compute_time", "comm_time", "flops", TENSOR + "peak",
                   *(TENSOR + c for c in CATEGORIES))
 FLEET_COLUMNS = ("suite", "seed", "id", "budget", "flops", "up", "down")
 RUN_KEYS = ("label", "method", "seed")

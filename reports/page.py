@@ -16,10 +16,16 @@ FIGURES = {
     "accuracy_vs_time": ("Accuracy by device time",
                          "The same accuracy against cumulative simulated time on the devices: each round "
                          "lasts as long as its slowest participant's compute (FLOPs over the device's "
-                         "FLOP/s) and communication (bytes over its link); see docs/device-time.md."),
+                         "FLOP/s) and communication (bytes over its link); the FLOP/s and link speeds "
+                         "assumed are in the legend (docs/device-time.md)."),
+    "device_time_split": ("Compute and communication",
+                          "Where a client's simulated round goes, per method: compute (its training FLOPs "
+                          "over its device's FLOP/s) and communication (the bytes it receives and sends "
+                          "over its links), mean over its trained clients, with communication's share; the "
+                          "device time model's FLOP/s and link speeds are in the legend (docs/device-time.md)."),
     "memory_by_method": ("Peak memory by method",
                          "Highest measured tensor peak per method, stacked by category (from the client "
-                         "with that peak), dots for each client's own peak, and the range of the method's "
+                         "with that peak), dots for each measured client's own peak, and the range of the method's "
                          "task peaks (▸ the smallest: what a device needs to take part at all); beside it "
                          "the share of the fleet (fleets pooled) whose budget is at least each level, with "
                          "each method's smallest task and the share of devices it fits."),
@@ -41,7 +47,9 @@ FIGURES = {
     "time_to_target": ("Device time to target accuracy",
                        "Simulated device time until the accuracy first reaches the target (mean over the "
                        "seeds that reached it), with the speed-up against FedAvg where every seed of both "
-                       "reached it (hatched: ran over budget); not drawn when no method reached it."),
+                       "reached it (hatched: ran over budget; pale and crossed: only some seeds reached "
+                       "it); not drawn when no method reached it. The device time model's FLOP/s and link "
+                       "speeds are in its notes."),
 }
 SUMMARY_TEXT = (
     "Accuracy is the deployable model's test accuracy, mean over seeds with its interval in brackets: "

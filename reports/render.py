@@ -69,13 +69,14 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
         style.update(name=names[label], over_budget=names[label] != label)
     built = {
         "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles),
-        "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles),
+        "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles, suite.fleet),
+        "device_time_split": lambda: figures.device_time_split(summary, styles, suite.fleet),
         "memory_by_method": lambda: figures.memory_by_method(suite.clients, suite.fleet, styles),
         "participation": lambda: figures.participation(suite.rounds, suite.clients, styles),
         "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles),
         "neulite_stage_memory": lambda: stages.neulite_stage_memory(suite.clients, styles),
         "neulite_stage_accuracy": lambda: stages.neulite_stage_accuracy(suite.rounds, styles),
-        "time_to_target": lambda: figures.time_to_target(summary, styles, target),
+        "time_to_target": lambda: figures.time_to_target(summary, styles, target, suite.fleet),
     }
     files, shown = [], []
     has_neulite = (suite.runs["method"] == "neulite").any()

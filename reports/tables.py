@@ -139,6 +139,7 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
                      f"tenths of its evaluated rounds (mean over seeds; a plateau moves at most {100 * PLATEAU:.1f}), "
                      + ("so it is still rising and its accuracy understates where it ends" if change > 0
                         else "so it is falling or unsteady"))
+    compute, comm = (trained[c].mean() if c in trained else math.nan for c in ("compute_time", "comm_time"))
     stuck = _stuck_at_chance(suite, label, accurate, trained)
     if stuck:
         notes.append(stuck)
@@ -156,6 +157,8 @@ def _label_row(suite: Suite, label: str, target: float, notes: list[str]) -> dic
         "best": best[0], "best_lo": best[1], "best_hi": best[2],
         "peak_mb": peak / MB, "task_min_mb": clients[ESTIMATE].min() / MB, "task_max_mb": clients[ESTIMATE].max() / MB,
         "over_budget": over, "fits": _fits(clients), "participation": share,
+        # a trained client's simulated round: compute and communication seconds, and communication's share
+        "compute_s": compute, "comm_s": comm, "comm_share": comm / (compute + comm) if compute + comm > 0 else math.nan,
         "ttt": ttt[0], "ttt_lo": ttt[1], "ttt_hi": ttt[2], "reached": ttt[3] if timed else math.nan,
         "ttt_seeds": ttt_seeds,
         "dropped": _dropped(clients),
@@ -309,6 +312,7 @@ def display(summary: pd.DataFrame, target: float) -> pd.DataFrame:
         f"Device time to {target:.0%} (s)": [_time(row) for _, row in summary.iterrows()],
         speedup_header(summary): [speedup_text(row["speedup"], row["speedup_lo"], row["speedup_hi"])
                                   for _, row in summary.iterrows()],
+        "Communication (% of device time)": (summary["comm_share"] * 100).map(lambda v: number(v, 0)),
         "Host time (s)": summary["host_time"].map(lambda v: number(v, 1)),
         "Bytes up (MB)": summary["up_mb"].map(number),
         "Bytes down (MB)": summary["down_mb"].map(number),

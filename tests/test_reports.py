@@ -68,6 +68,9 @@ def device_round(label: str, seed: int) -> float:
     return 3 * round_time(label, seed)
 
 
+COMPUTE_SHARE = {"fedavg": 0.2, "heterofl": 0.4, "neulite": 0.5, "toolarge": 0.5}  # of a client's device time
+
+
 def device_time(label: str, seed: int, r: int) -> float:
     return r * device_round(label, seed)
 
@@ -130,6 +133,8 @@ def write_run(folder: Path, label: str, seed: int, rounds: int, config: dict, nu
                                        "rss": {"peak": 9 * MB, "start": 8 * MB, "delta": MB}},
                             "over_budget": need(label, seed, r, d) > budget, "samples": 10, "steps": 1,
                             "train_loss": 1.0, "device_time": device_round(label, seed),
+                            "compute_time": COMPUTE_SHARE[label] * device_round(label, seed),
+                            "comm_time": (1 - COMPUTE_SHARE[label]) * device_round(label, seed),
                             "train_time": 0.1, "bytes_up": (d + 1) * MB // 4, "bytes_down": (d + 1) * MB // 2}
                 clients_file.write(json.dumps(row) + "\n")
             acc = None if r <= null_rounds else accuracy(label, seed, r)
@@ -488,6 +493,31 @@ def test_time_to_target_uses_device_time_and_speedup(suite, styles):
     assert [(p.get_hatch(), p.get_alpha()) for p in partial.patches] == [("//", None), ("xx", 0.45), ("", None)]
     assert "reached it in only some seeds" in next(t for t in partial.texts if t.get_gid() == "notes").get_text()
     assert figures.time_to_target(summarize(suite, 0.99)[0], styles, 0.99) is None  # nobody reached it: no chart
+
+
+def test_device_time_is_split_into_compute_and_communication(suite, styles):
+    """Per label, a trained client's mean compute and communication seconds, stacked, with
+    communication's share written beside the bar and in the table; the device time model's inputs
+    (the recorded fleet: 10 GFLOP/s, 1.25e6 and 6.25e6 bytes/s) in the legend of every time figure."""
+    summary, _ = summarize(suite, TARGET)
+    mean_round = {label: mean_over_seeds(device_round(label, s) for s in (0, 1)) for label in summary.index}
+    assert summary["comm_share"].to_dict() == pytest.approx({k: 1 - COMPUTE_SHARE[k] for k in summary.index})
+    assert display(summary, TARGET)["Communication (% of device time)"].tolist() == ["80", "60", "50"]
+    ax = figures.device_time_split(summary, styles, suite.fleet).axes[0]
+    compute = [p for p in ax.patches if p.get_gid() == "compute"]
+    comm = [p for p in ax.patches if p.get_gid() == "comm"]
+    assert [p.get_width() for p in compute] == pytest.approx([COMPUTE_SHARE[k] * mean_round[k] for k in summary.index])
+    assert [p.get_width() for p in comm] == pytest.approx([(1 - COMPUTE_SHARE[k]) * mean_round[k]
+                                                           for k in summary.index])
+    assert [t.get_text() for t in ax.texts] == ["80% communication", "60% communication", "50% communication"]
+    model = "device time model: 10 GFLOP/s of training, links 10 Mbit/s up and 50 Mbit/s down"
+    assert " ".join(ax.get_legend().get_title().get_text().split()) == model
+    timed = figures.accuracy_vs_time(suite.rounds, styles, suite.fleet).axes[0]
+    assert model in " ".join(timed.get_legend().get_title().get_text().split())
+    notes = next(t for t in figures.time_to_target(summary, styles, TARGET, suite.fleet).axes[0].texts
+                 if t.get_gid() == "notes")
+    assert notes.get_text().endswith(model)
+    assert figures.device_time_split(summary.assign(compute_s=math.nan), styles, suite.fleet) is None
 
 
 def test_a_speed_up_needs_every_seed_of_both_to_reach_the_target(suite):
