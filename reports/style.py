@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from reports.load import CATEGORIES
 
 MB = 2**20  # bytes; every memory axis and column is in MB of 2**20 bytes
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-CATEGORY_COLORS = dict(zip(CATEGORIES, sns.color_palette("mako_r", len(CATEGORIES)), strict=True))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+# qualitative, so that neighbouring categories in a stacked bar differ (a sequential palette's do not)
+CATEGORY_COLORS = dict(zip(CATEGORIES, sns.color_palette("Set2", len(CATEGORIES)), strict=True))
 THEME = {
     **sns.axes_style("whitegrid"),
     **sns.plotting_context("notebook", font_scale=0.85),
@@ -29,11 +30,16 @@ FORMATS = ("png", "svg")
 
 
 TAB10 = sns.color_palette("tab10", 10)
-# One colour per method, the same in every report; a method not listed takes a colour from its name.
+# One colour and one marker per method, the same in every report (two methods of like colours have
+# unlike markers); a method not listed takes both from its name.
 METHOD_COLORS = {
     "fedavg": TAB10[0], "exclusive": TAB10[1], "allsmall": TAB10[2], "neulite": TAB10[3],
     "heterofl": TAB10[4], "fedrolex": TAB10[5], "fjord": TAB10[6], "depthfl": TAB10[8], "fedprox": TAB10[9],
-    "microbatch": TAB10[7], "checkpoint": (0.80, 0.62, 0.0),
+    "microbatch": TAB10[7], "checkpoint": (0.12, 0.12, 0.12),
+}
+METHOD_MARKERS = {
+    "fedavg": "o", "exclusive": "s", "allsmall": "^", "neulite": "*", "heterofl": "D", "fedrolex": "v",
+    "fjord": "P", "depthfl": "X", "fedprox": "<", "microbatch": ">", "checkpoint": "h",
 }
 OTHER_COLORS = sns.color_palette("husl", 24)
 SHADES = (0.0, -0.35, 0.35, -0.6, 0.6)  # variants of a method's colour for its second, third... label
@@ -51,6 +57,13 @@ def method_color(method: str) -> tuple[float, float, float]:
     return METHOD_COLORS.get(method) or OTHER_COLORS[zlib.crc32(method.encode()) % len(OTHER_COLORS)]
 
 
+def method_marker(method: str, variant: int = 0) -> str:
+    """The method's marker; its ``variant``-th further label (an ablation) takes the next ones."""
+    first = MARKERS.index(METHOD_MARKERS[method]) if method in METHOD_MARKERS else \
+        zlib.crc32(method.encode()) % len(MARKERS)
+    return MARKERS[(first + variant) % len(MARKERS)]
+
+
 def shade(color: tuple[float, float, float], amount: float) -> tuple[float, float, float]:
     """Towards black (negative) or white (positive) by ``amount`` of the way."""
     target = 0.0 if amount < 0 else 1.0
@@ -66,7 +79,7 @@ def method_styles(methods: dict[str, str]) -> dict[str, dict[str, Any]]:
     for label in sorted(methods):
         k = taken[methods[label]] = taken.get(methods[label], -1) + 1
         styles[label] = {"color": shade(method_color(methods[label]), SHADES[k % len(SHADES)]),
-                         "marker": MARKERS[k % len(MARKERS)]}
+                         "marker": method_marker(methods[label], k)}
     return styles
 
 

@@ -7,6 +7,7 @@ below), so every plotted number and table cell can be checked against a value co
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import shutil
@@ -622,6 +623,18 @@ def test_colours_are_fixed_per_method_across_reports(tmp_path):
     assert one["neulite"]["color"] == other["neulite"]["color"] == METHOD_COLORS["neulite"]
     assert other["nl-plain"]["color"] != other["neulite"]["color"]  # an ablation: a shade of its method's colour
     assert other["zz"]["color"] == method_styles({"zz": "some-new-method"})["zz"]["color"]
+    assert other["nl-plain"]["marker"] != other["neulite"]["marker"] == one["neulite"]["marker"] == "*"
+
+
+def test_every_built_in_method_has_its_own_colour_and_marker():
+    """Eleven methods on one plot: no two share a marker, no two a colour, and the memory
+    categories' neighbours in a stacked bar differ clearly."""
+    from reports.style import CATEGORY_COLORS
+
+    styles = method_styles({m: m for m in METHOD_COLORS})
+    assert len({s["marker"] for s in styles.values()}) == len({s["color"] for s in styles.values()}) == 11
+    colors = list(CATEGORY_COLORS.values())
+    assert min(math.dist(x, y) for x, y in itertools.pairwise(colors)) > 0.25
 
 
 # ---- partial records -------------------------------------------------------------------------
