@@ -310,24 +310,39 @@ def names_side(x: np.ndarray, y: np.ndarray, group: list[int], names_y: list[flo
     return right, "left"
 
 
+def separated_front(x: np.ndarray, low: np.ndarray, high: np.ndarray, on_front: np.ndarray) -> np.ndarray:
+    """Of the Pareto front's points, those that show a gain: in order of memory, a point stays only
+    if its accuracy interval lies above the last kept point's (a costlier method whose interval
+    overlaps a cheaper one's on the front is not shown to be better)."""
+    kept = np.zeros(len(x), dtype=bool)
+    last_high = -math.inf
+    for i in sorted(np.flatnonzero(on_front), key=lambda i: x[i]):
+        if low[i] > last_high:
+            kept[i], last_high = True, high[i]
+    return kept
+
+
 @themed
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
-    """Accuracy (each seed's last tenth of rounds) against peak memory; the Pareto front joins the
-    methods no other beats.
+    """Accuracy (each seed's last tenth of rounds) against the memory a device needs to take part
+    (the method's smallest task), a bar to its largest task; the front joins the methods no other
+    beats whose intervals separate.
     Every point sits at its own values (none is moved along an axis to make room) and is named;
     the names of points on nearly one memory value are spread apart, with a leader line each."""
-    points = summary.dropna(subset=["peak_mb", "final"])
+    points = summary.dropna(subset=["task_min_mb", "final"])
     if points.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    x, y = points["peak_mb"].to_numpy(float), points["final"].to_numpy(float)
-    span = max(x.max() - x.min(), x.max() * 0.05, 1e-9)
+    x, y = points["task_min_mb"].to_numpy(float), points["final"].to_numpy(float)
+    largest = points["task_max_mb"].fillna(points["task_min_mb"]).to_numpy(float)
+    span = max(largest.max() - x.min(), largest.max() * 0.05, 1e-9)
     labels = list(points.index)
     feasible = np.array([not styles[label].get("over_budget") for label in labels])
-    on_front = pareto_front(np.where(feasible, x, np.nan), y)  # a run over budget is no achievable trade-off
     low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
+    on_front = separated_front(x, low.to_numpy(float), high.to_numpy(float),
+                               pareto_front(np.where(feasible, x, np.nan), y))  # over budget: no trade-off
     pad = 0.05 * max(high.max() - low.min(), 0.05)
-    ax.set_xlim(x.min() - 0.08 * span, x.max() + 0.35 * span)
+    ax.set_xlim(x.min() - 0.08 * span, largest.max() + 0.35 * span)
     ax.set_ylim(max(low.min() - pad, 0.0), min(high.max() + pad, 1.02))
     for group in near_groups(x, 0.015 * span):
         group.sort(key=lambda i: y[i])
@@ -338,21 +353,21 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
             yerr = None
             if not math.isnan(row["final_lo"]):
                 yerr = [[row["final"] - row["final_lo"]], [row["final_hi"] - row["final"]]]
-            ax.errorbar(x[i], y[i], yerr=yerr, fmt=style["marker"], color=style["color"], markersize=7, capsize=3,
-                        elinewidth=1.0, alpha=0.85, label=style["name"],
+            ax.errorbar(x[i], y[i], yerr=yerr, xerr=[[0.0], [largest[i] - x[i]]], fmt=style["marker"],
+                        color=style["color"], markersize=7, capsize=3, elinewidth=1.0, alpha=0.85, label=style["name"],
                         markerfacecolor="none" if style.get("over_budget") else style["color"])
             if on_front[i]:
                 ax.scatter([x[i]], [y[i]], s=200, facecolor="none", edgecolor="0.3", linewidth=1.0,
                            gid=f"front {label}")
             ax.annotate(style["name"], (x[i], y[i]), xytext=(name_x, name_y), textcoords="data", ha=align,
-                        va="center", fontsize="x-small", color=style["color"], gid=f"name {label}",
+                        va="bottom", fontsize="x-small", color=style["color"], gid=f"name {label}",  # above its bar
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
-    front = points[on_front].sort_values("peak_mb")
-    ax.step(front["peak_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
-            label="Pareto front of the means" + (" (within budget)" if not feasible.all() else ""))
+    front = points[on_front].sort_values("task_min_mb")
+    ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
+            label="Pareto front, intervals apart" + (" (within budget)" if not feasible.all() else ""))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set(xlabel="Peak training memory (MB, measured)", ylabel="Test accuracy (last 10% of rounds)",
-           title="Memory against accuracy (up and left is better)")
+    ax.set(xlabel="Memory a device needs to take part (MB: smallest task, estimated; bar to the largest)",
+           ylabel="Test accuracy (last 10% of rounds)", title="Memory against accuracy (up and left is better)")
     bars = interval_note(points["seeds"]) if "seeds" in points else None
     notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)

@@ -34,11 +34,13 @@ FIGURES = {
                       "trained and was aggregated (took part), per round, mean over seeds (each seed has "
                       "its own fleet, so no interval is drawn)."),
     "memory_vs_accuracy": ("Memory against accuracy",
-                           "Accuracy (mean of each seed's last 10% of evaluated rounds) against peak memory "
-                           "per method, every point at its own values and "
-                           "labelled, bars its interval over seeds; the dotted Pareto front joins the methods "
-                           "whose mean no other beats on both (where bars overlap it ranks nothing). Hollow: a "
-                           "method that ran over its clients' budgets."),
+                           "Accuracy (mean of each seed's last 10% of evaluated rounds, vertical bar its "
+                           "interval over seeds) against the memory a device needs to take part in the method "
+                           "(its smallest task's estimated peak; the horizontal bar reaches its largest task), "
+                           "every point at its own values and labelled. The dotted front joins the methods "
+                           "whose mean no other beats on both, keeping only those whose interval lies above "
+                           "the cheaper front method's (a costlier method not shown better is left off). "
+                           "Hollow: a method that ran over its clients' budgets."),
     "neulite_stage_memory": ("NeuLite: memory per stage",
                              "Highest measured tensor peak per NeuLite stage, stacked by category."),
     "neulite_stage_accuracy": ("NeuLite: accuracy per stage",

@@ -387,22 +387,36 @@ def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, 
     summary, _ = summarize(suite, TARGET)
     ax = figures.memory_vs_accuracy(summary, styles).axes[0]
     points = {c.get_label(): c.lines[0].get_xydata()[0] for c in ax.containers}
-    fedavg_peak = (5 * MB + 2 * 4096 + 1024) / MB  # device 2, seed 1: the largest trained
-    assert points["fedavg (over budget)"] == pytest.approx([fedavg_peak, 0.86])
+    # at the memory a device needs to take part: the smallest task offered (device 0, seed 0)
+    assert points["fedavg (over budget)"] == pytest.approx([5.0, 0.86])
+    assert points["neulite"] == pytest.approx([1.5, summary.loc["neulite", "final"]])  # stage 1
+    widths = {c.get_label(): c.lines[2][0].get_segments()[0] for c in ax.containers}  # the horizontal bar
+    assert widths["neulite"][:, 0] == pytest.approx([1.5, (3 * MB + MB // 2 + 3 * 4096 + 1024) / MB])  # to stage 3
     assert next(c for c in ax.containers if c.get_label() == "fedavg (over budget)").lines[0].get_markerfacecolor() \
         == "none"  # hollow: ran over budget
-    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front of the means (within budget)")
-    neulite_peak = (3 * MB + MB // 2 + 3 * 4096 + 1024) / MB  # stage 3, device 3, seed 1
-    # fedavg ran over budget, so it is no achievable trade-off; heterofl is dominated by neulite
-    assert list(front.get_xdata()) == pytest.approx([neulite_peak])
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front, intervals apart (within budget)")
+    # fedavg ran over budget, so it is no achievable trade-off; heterofl (1.5 MB too) is dominated by neulite
+    assert list(front.get_xdata()) == pytest.approx([1.5])
     names = {t.get_gid(): t.get_text() for t in ax.texts}
     assert names == {"name fedavg": "fedavg (over budget)", "name heterofl": "heterofl", "name neulite": "neulite"}
+
+
+def test_the_front_keeps_only_methods_shown_better_than_the_cheaper_ones():
+    """A costlier method whose interval overlaps the cheaper front method's is not drawn on the
+    front: it is not shown to gain anything."""
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    low, high = np.array([0.5, 0.55, 0.7, 0.72]), np.array([0.6, 0.65, 0.8, 0.9])
+    front = np.array([True, True, True, True])
+    assert figures.separated_front(x, low, high, front).tolist() == [True, False, True, False]
+    assert figures.separated_front(x, low, high, np.array([False, True, False, True])).tolist() == \
+        [False, True, False, True]  # 0.72 > 0.65
 
 
 def test_points_on_one_memory_value_stay_at_their_values_and_are_named_apart():
     """Nothing is moved along an axis to make room (a nudge along the MB axis reads as memory);
     the names of points on one memory value are spread apart instead, with leader lines."""
-    summary = pd.DataFrame({"peak_mb": [3.0, 3.02, 3.0, 1.0], "final": [0.8, 0.8, 0.79, 0.5],
+    summary = pd.DataFrame({"task_min_mb": [3.0, 3.02, 3.0, 1.0], "task_max_mb": [3.0, 4.0, 3.5, 1.0],
+                            "final": [0.8, 0.8, 0.79, 0.5],
                             "final_lo": [math.nan] * 4, "final_hi": [math.nan] * 4, "seeds": [1] * 4},
                            index=["a", "b", "c", "d"])
     styles = method_styles({label: label for label in summary.index})
@@ -412,7 +426,7 @@ def test_points_on_one_memory_value_stay_at_their_values_and_are_named_apart():
     ax = fig.axes[0]
     fig.canvas.draw()
     drawn = {c.get_label(): tuple(c.lines[0].get_xydata()[0]) for c in ax.containers}
-    assert drawn == {label: (row.peak_mb, row.final) for label, row in summary.iterrows()}
+    assert drawn == {label: (row.task_min_mb, row.final) for label, row in summary.iterrows()}
     assert all(c.lines[0].get_transform() == ax.transData for c in ax.containers)
     texts = {t.get_text(): Text.get_window_extent(t) for t in ax.texts}  # the text, not its leader line
     assert sorted(texts) == ["a", "b", "c", "d"]
