@@ -39,7 +39,7 @@ from harness.training import NonFiniteLossError, train_local
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_suite(args.suite, [*(args.set or []), *([f"executor={args.executor}"] if args.executor else [])])
-    folder = run_suite(cfg, args.out, args.resume)
+    folder = run_suite(cfg, args.out, args.resume, verbose=args.verbose)
     print(f"records: {folder}")
     print(f"report:  python -m reports {folder}")
     return 0
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. rounds=5, data.alpha=0.1, methods.LABEL.param=1")
     run.add_argument("--resume", action="store_true", help="continue a killed or finished suite run")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="print every run's per-round lines (always written to each run's run.log)")
     run.add_argument("--executor", choices=EXECUTORS.names(),
                      help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
     run.set_defaults(func=cmd_run)

@@ -34,6 +34,7 @@ from harness.methods import (
     over_budget,
 )
 from harness.models import ModelSpec, input_error
+from harness.progress import RunLog, SuiteProgress
 from harness.records import (
     RecordsError,
     RunWriter,
@@ -132,8 +133,9 @@ class Run:
     """One (method entry, seed) of a suite."""
 
     def __init__(self, cfg: SuiteConfig, entry: MethodEntry, seed: int, data: DataBundle,
-                 device: torch.device, folder: Path, log: Log, estimator: Estimator) -> None:
-        self.cfg, self.entry, self.seed, self.data, self.device, self.log = cfg, entry, seed, data, device, log
+                 device: torch.device, folder: Path, log: Log, estimator: Estimator, verbose: bool = False) -> None:
+        self.cfg, self.entry, self.seed, self.data, self.device = cfg, entry, seed, data, device
+        self.log = RunLog(folder, log, verbose)  # its lines in run.log; per-round ones on the console if verbose
         self.writer = RunWriter(folder)
         self.fleet = build_fleet(cfg.fleet, seed)
         if cfg.clients_per_round > len(self.fleet):
@@ -349,7 +351,7 @@ class Run:
         peak = "-" if r["peak_tensor"] is None else f"{r['peak_tensor'] / MB:.2f} MB"
         if r["peak_tensor"] is None and r["peak_estimate"] is not None:  # no client of the round was measured
             peak = f"{r['peak_estimate'] / MB:.2f} MB (estimated)"
-        self.log(f"{self.tag} round {r['round']}/{self.cfg.rounds}  acc {acc}  trained {r['participated']}"
+        self.log.round(f"{self.tag} round {r['round']}/{self.cfg.rounds}  acc {acc}  trained {r['participated']}"
                  f"/{r['devices']} (eligible {r['eligible']}"
                  + (f", offered {r['offered']}" if r["offered"] != r["eligible"] else "")
                  + f")  peak {peak}  {r['round_time']:.1f} s")
@@ -401,9 +403,10 @@ class Shared:
     data: DataBundle
     device: torch.device
     estimator: Estimator
+    verbose: bool = False  # every run's per-round lines on the console too
 
 
-SuiteExecutor = Callable[[SuiteConfig, list[RunJob], Shared, bool, Log], None]
+SuiteExecutor = Callable[[SuiteConfig, list[RunJob], Shared, bool, SuiteProgress], None]
 
 
 def _load_executors() -> None:
@@ -414,10 +417,12 @@ EXECUTORS: Registry[SuiteExecutor] = Registry("executor", load=_load_executors)
 
 
 @EXECUTORS.register("local")
-def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
+def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, progress: SuiteProgress) -> None:
     """The suite's runs one after another in this process."""
     for job in jobs:
-        Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, log, shared.estimator).execute(resume)
+        Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, progress.write, shared.estimator,
+            shared.verbose).execute(resume)
+        progress.run_done(f"[{job.name}] finished")
 
 
 def check_ray(cfg: SuiteConfig, device: torch.device) -> None:
@@ -438,13 +443,15 @@ def check_ray(cfg: SuiteConfig, device: torch.device) -> None:
 
 
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
-              log: Log = print) -> Path:
+              log: Log = print, verbose: bool = False, bar: bool = True) -> Path:
     """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder.
 
     Every run is built (data, fleet, partition, method) and, on resume, checked against its records
     before anything is written, so a config error found by a method or a refused resume leaves no
     trace; one process at a time writes the folder. The suite's executor runs them (``local``: one
-    after another here; ``ray``: as Ray tasks, docs/ray.md)."""
+    after another here; ``ray``: as Ray tasks, docs/ray.md). ``log`` gets the suite's lines; a
+    progress bar (on a terminal, with ``bar``) counts rounds and runs; ``verbose`` adds every run's
+    per-round lines."""
     folder = suite_folder(cfg, out)
     device = resolve_device(cfg.device)
     deterministic_kernels()
@@ -473,7 +480,11 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
             f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test), executor {cfg.executor} "
             f"-> {folder}")
-        executor(cfg, [RunJob(entry, seed, (folder / name).resolve()) for entry, seed, name in runs],
-                 Shared(data, device, estimator), resume, log)
+        jobs = [RunJob(entry, seed, (folder / name).resolve()) for entry, seed, name in runs]
+        progress = SuiteProgress([job.folder for job in jobs], cfg.rounds, log, bar)
+        try:
+            executor(cfg, jobs, Shared(data, device, estimator, verbose), resume, progress)
+        finally:
+            progress.close()
     log("\n" + format_table(*summary_table(folder)))
     return folder

@@ -150,7 +150,7 @@ def timed_suite(cfg: SuiteConfig, read: Callable[[Path], T]) -> tuple[float, T]:
     """Seconds of ``run_suite(cfg)`` into a temporary folder, and what ``read`` takes from its records."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        folder = run_suite(cfg, out, log=lambda *_: None)
+        folder = run_suite(cfg, out, log=lambda *_: None, bar=False)
         seconds = time.perf_counter() - start
         return seconds, read(folder)
 

@@ -21,6 +21,7 @@ from harness.data import DataBundle
 from harness.engine import EXECUTORS, Run, RunJob, RunLostError, Shared, suite_estimator
 from harness.memory.estimate import TaskCost
 from harness.methods import ClientResult, Method, TaskError
+from harness.progress import SuiteProgress
 from harness.seeds import deterministic_kernels
 
 FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods must load on every worker
@@ -109,14 +110,15 @@ class BoardStore:
         ray.get(self.board.release.remote(key))
 
 
-def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device, board: Any) -> None:
+def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.device, board: Any,
+                verbose: bool) -> None:
     """One run, in a Ray worker, on the device the driver resolved (a GPU Ray assigned it). The
     driver checked the run before submitting it, so records found here are its own, left by a
     worker that died: it resumes from their last complete round."""
     use_threads(cfg.ray.num_cpus)
     deterministic_kernels()
     estimator = suite_estimator(cfg, data, device, BoardStore(board))
-    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator).execute(True)
+    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator, verbose).execute(True)
 
 
 def _print(line: str) -> None:
@@ -135,11 +137,11 @@ def run_slots(nodes: list[dict[str, float]], cfg: RayConfig) -> int:
 
 
 @EXECUTORS.register("ray")
-def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, log: Log) -> None:
+def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, progress: SuiteProgress) -> None:
     """The suite's runs as Ray tasks, ``ray.num_cpus`` and ``ray.num_gpus`` each. A run whose worker
     dies is resumed by Ray (``ray.run_retries``); a run that fails (diverged, bad records) does not
-    stop the others, and the first such error is raised once all have ended. The runs print their
-    own progress lines (Ray forwards them here); ``log`` gets one line as each run ends."""
+    stop the others, and the first such error is raised once all have ended. The runs write their
+    own progress lines (Ray forwards those for the console here); ``progress`` counts each run's end."""
     ray = connect(cfg.ray)
     task = ray.remote(execute_run).options(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                            max_retries=cfg.ray.run_retries, retry_exceptions=False)
@@ -154,10 +156,9 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
         slots = run_slots([node["Resources"] for node in ray.nodes() if node["Alive"]], cfg.ray)
         while waiting and len(pending) < slots:
             job = waiting.popleft()
-            pending[task.remote(cfg, job, data, shared.device, board)] = job
+            pending[task.remote(cfg, job, data, shared.device, board, shared.verbose)] = job
 
     errors: list[BaseException] = []
-    start = time.perf_counter()
     try:
         submit()
         while pending:
@@ -165,13 +166,12 @@ def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: boo
             job = pending.pop(done[0])
             try:
                 ray.get(done[0])
-                log(f"[{job.name}] finished ({len(jobs) - len(pending) - len(waiting)}/{len(jobs)} runs, "
-                    f"{time.perf_counter() - start:.0f} s)")
+                progress.run_done(f"[{job.name}] finished")
             except ray.exceptions.RayTaskError as err:
-                log(f"[{job.name}] failed: {first_line(cause(err))}")
+                progress.run_done(f"[{job.name}] failed: {first_line(cause(err))}")
                 errors.append(cause(err))
             except ray.exceptions.RayError as err:  # the worker died more often than run_retries allows
-                log(f"[{job.name}] lost: {first_line(err)}")
+                progress.run_done(f"[{job.name}] lost: {first_line(err)}")
                 errors.append(RunLostError(f"{job.name}: lost with its worker ({first_line(err)}) after "
                                            f"{cfg.ray.run_retries} retries; every complete round is recorded, "
                                            "continue with --resume"))

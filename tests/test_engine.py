@@ -6,7 +6,7 @@ import typing
 
 import pytest
 import torch
-from conftest import start, tiny_suite, write_toml
+from conftest import Lines, start, tiny_suite, write_toml
 
 import harness.methods as methods_module
 from harness.config import ConfigError, OptimizerConfig
@@ -56,7 +56,9 @@ def test_records_of_a_run(tmp_path, quiet):
         assert r["bytes_up"] == sum(c["bytes_up"] for c in trained)
         assert 0 <= r["accuracy"] <= 1 and r["evals"]["global"]["accuracy"] == r["accuracy"]
     assert rounds[-1]["wall_time"] == pytest.approx(sum(r["round_time"] for r in rounds))
-    assert any(line.startswith("[exclusive seed 0] round 3/3") for line in quiet)
+    # per-round lines go to the run's log, the console gets them only when verbose
+    assert "[exclusive seed 0] round 3/3" in (run / "run.log").read_text()
+    assert not any(line.startswith("[exclusive seed 0] round") for line in quiet)
 
 
 def test_same_seed_twice_gives_identical_records_and_weights(tmp_path, quiet):
@@ -116,6 +118,47 @@ def test_a_resumed_run_measures_the_shapes_the_uninterrupted_one_does(tmp_path, 
     assert all(c["measured"] for c in clients if c["status"] == "trained" and c["round"] == 4)
 
 
+def test_a_suite_says_its_progress_without_escape_codes_and_rounds_only_when_verbose(tmp_path, quiet):
+    """Not on a terminal: one plain line per run with runs done, seconds and time left, no bar and
+    no escape codes; per-round lines with ``verbose`` only, and always in each run's run.log."""
+    cfg = tiny_suite(methods=[{"method": "fedavg"}, {"method": "allsmall"}], rounds=2)
+    run_suite(cfg, tmp_path / "a", log=quiet)
+    ends = [line for line in quiet if "finished" in line]
+    assert [line.split(" (")[0] for line in ends] == ["[fedavg-seed0] finished", "[allsmall-seed0] finished"]
+    assert "(1/2 runs, " in ends[0] and "min left)" in ends[0] and ends[1].endswith(" s)") and "(2/2 runs" in ends[1]
+    assert not any("\x1b[" in line or " round 1/2 " in line for line in quiet)
+    verbose = Lines()
+    run_suite(cfg, tmp_path / "b", log=verbose, verbose=True)
+    assert sum(" round " in line and "/2  acc" in line for line in verbose) == 4
+    assert (tmp_path / "b" / "tiny" / "allsmall-seed0" / "run.log").read_text().count("/2  acc") == 2
+
+
+def test_on_a_terminal_the_suite_draws_one_bar_of_rounds(tmp_path):
+    """A terminal gets a tqdm bar over every run's rounds (read from their records), with runs done."""
+    import io
+
+    from harness.progress import SuiteProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder, lines in zip(folders, (3, 1), strict=True):
+        folder.mkdir()
+        (folder / "rounds.jsonl").write_text("{}\n" * lines)
+    screen = Terminal()
+    progress = SuiteProgress(folders, 3, lambda line: None, stream=screen)
+    assert progress.done_rounds() == 4 and not progress.bar.disable
+    progress.run_done("[a] finished")
+    progress.close()
+    shown = screen.getvalue()
+    assert "suite:" in shown and "4/6" in shown and "1/2 runs" in shown and "[a] finished (1/2 runs" in shown
+    no_bar = SuiteProgress(folders, 3, lambda line: None, bar=False, stream=screen)
+    assert no_bar.bar.disable
+    no_bar.close()
+
+
 def test_a_budget_no_device_meets_records_everyone_excluded(tmp_path, quiet):
     cfg = tiny_suite(methods=[{"method": "exclusive"}, {"method": "allsmall"}],
                      fleet={"low_mb": 0.001, "high_mb": 0.002})
@@ -137,7 +180,7 @@ def test_plain_fedavg_ignores_budgets_but_records_overruns(tmp_path, quiet):
     # eligible means one thing for every method: the devices whose task fits (none here); FedAvg
     # offers its task to every device regardless
     assert [(r["eligible"], r["offered"], r["excluded"]) for r in rounds] == [(0, 6, 0)]
-    assert any("(eligible 0, offered 6)" in line for line in quiet)
+    assert "(eligible 0, offered 6)" in (tmp_path / "tiny" / "fedavg-seed0" / "run.log").read_text()
     fitting = tiny_suite(fleet={"low_mb": 0.1, "high_mb": 0.6}, rounds=1, name="fits")
     first = records(run_suite(fitting, tmp_path, log=quiet) / "fedavg-seed0")[0][0]
     need = {c["estimate"]["peak"] for c in records(tmp_path / "fits" / "fedavg-seed0")[1]}.pop()

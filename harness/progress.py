@@ -1,0 +1,109 @@
+"""What a suite run tells its user while it goes: one suite-level progress bar (rounds done over all
+runs, runs done, time left), each run's per-round lines in its folder's ``run.log`` (on the console
+too with ``--verbose``), and no terminal escape codes where the output is not a terminal."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+Log = Callable[[str], None]
+RUN_LOG = "run.log"  # a run's progress lines, beside its records
+POLL_S = 0.5  # how often the bar reads the rounds recorded
+
+
+class RunLog:
+    """A run's lines: each appended to ``<run folder>/run.log``; the console gets the lines that
+    matter (``log``) and the per-round ones only when ``verbose``."""
+
+    def __init__(self, folder: Path, console: Log, verbose: bool) -> None:
+        self.path, self.console, self.verbose = folder / RUN_LOG, console, verbose
+
+    def _append(self, line: str) -> None:
+        if self.path.parent.is_dir():  # the run's folder exists once the run has started
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+
+    def __call__(self, line: str) -> None:
+        self._append(line)
+        self.console(line)
+
+    def round(self, line: str) -> None:
+        self._append(line)
+        if self.verbose:
+            self.console(line)
+
+
+def recorded_rounds(folder: Path) -> int:
+    """Rounds a run folder holds (its rounds.jsonl's complete lines)."""
+    try:
+        with (folder / "rounds.jsonl").open("rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+class SuiteProgress:
+    """Rounds done over all of a suite's runs, read from their records every ``POLL_S`` seconds (the
+    same for every executor: Ray's runs write them in other processes), with runs done and the time
+    left. On a terminal a tqdm bar on stderr; elsewhere (a log file, CI) no bar, and ``run_done``
+    prints one plain line per run with the same counts."""
+
+    def __init__(self, folders: list[Path], rounds: int, log: Log, bar: bool = True, stream=None) -> None:
+        self.folders, self.rounds, self.log = folders, rounds, log
+        self.stream = stream if stream is not None else sys.stderr
+        self.start, self.runs_done = time.perf_counter(), 0
+        self.first = self.done_rounds()  # a resume starts with rounds already recorded
+        size = shutil.get_terminal_size()  # 80 x 24 where a terminal reports no size (tqdm would draw nothing)
+        self.bar = tqdm(total=len(folders) * rounds, initial=self.first, unit="round", file=self.stream,
+                        disable=not (bar and self.stream.isatty()), desc="suite", ncols=size.columns,
+                        nrows=size.lines)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def done_rounds(self) -> int:
+        return sum(min(recorded_rounds(f), self.rounds) for f in self.folders)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self._update()
+
+    def _update(self) -> None:
+        done = self.done_rounds()
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"{self.runs_done}/{len(self.folders)} runs", refresh=False)
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far (None before a round is done)."""
+        done = self.done_rounds() - self.first
+        left = len(self.folders) * self.rounds - self.first - done
+        return None if done <= 0 else (time.perf_counter() - self.start) * left / done
+
+    def run_done(self, line: str) -> None:
+        """A run has ended (``line`` says how): counted, and said with the suite's progress."""
+        self.runs_done += 1
+        self._update()
+        eta = self.eta()
+        left = "" if eta is None or self.runs_done == len(self.folders) else f", about {eta / 60:.1f} min left"
+        self.write(f"{line} ({self.runs_done}/{len(self.folders)} runs, {time.perf_counter() - self.start:.0f} s"
+                   f"{left})")
+
+    def write(self, line: str) -> None:
+        """A line that does not break the bar."""
+        if self.bar.disable:
+            self.log(line)
+        else:
+            self.bar.write(line, file=self.stream)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        self.bar.close()
