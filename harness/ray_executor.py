@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -30,7 +31,9 @@ FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods mus
 def connect(cfg: RayConfig) -> Any:
     """Ray, joined to ``cfg.address`` or started on this machine; a Ray already started by this
     process (a test's, a notebook's) is used as it is. (``check_ray`` has found Ray installed.)"""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's progress lines, not one per kind
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's lines, not one per kind
+    if not sys.stdout.isatty():  # the workers' lines Ray forwards: no colour codes in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     import ray
 
     if not ray.is_initialized():
