@@ -31,6 +31,7 @@ from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import MODELS, ModelSpec, input_error
 from harness.plugins import PluginError
+from harness.progress import counted
 from harness.records import RecordsError, device_name
 from harness.resume import RunExistsError
 from harness.tables import full_model_task, standalone_context, tasks_of
@@ -170,7 +171,7 @@ def measure_rows(args: argparse.Namespace, indices: list[int]) -> Iterator[dict[
 def cmd_memory(args: argparse.Namespace) -> int:
     table = memory_table(args)
     rows, untrainable = [], []
-    for index, (label, method, spec) in enumerate(table.tasks):
+    for index, (label, method, spec) in enumerate(counted(table.tasks, "estimating tasks")):
         try:
             rows.append((index, label, method.estimate(spec).to_record()))
         except TaskError as err:  # e.g. micro-batches of one through batch norm on 1x1 feature maps

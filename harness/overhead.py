@@ -33,6 +33,7 @@ from harness.engine import (
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import build_model
+from harness.progress import counted
 from harness.records import RunWriter, read_jsonl
 from harness.seeds import derived_seed
 from harness.training import Task, evaluate, make_optimizer, round_optimizer, training_step
@@ -172,7 +173,7 @@ def compare(cfg: SuiteConfig, repeats: int = 1) -> Timing:
     cfg = replace(cfg, seeds=[seed], methods=[MethodEntry("fedavg", "fedavg")], executor="local",
                   ray=replace(cfg.ray, client_workers=0))  # the bare loop is one process
     harness_runs, bare_runs = [], []
-    for _ in range(repeats):
+    for _ in counted(range(repeats), "repeats (the harness, then the bare loop)"):
         harness_runs.append(harness_fedavg(cfg, seed))
         bare_runs.append(bare_fedavg(cfg, seed))
     (harness_s, harness_acc, parts), (bare_s, bare_acc) = min(harness_runs), min(bare_runs)

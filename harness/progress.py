@@ -8,11 +8,13 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
+T = TypeVar("T")
 Log = Callable[[str], None]
 RUN_LOG = "run.log"  # a run's progress lines, beside its records
 POLL_S = 0.5  # how often the bar reads the rounds recorded
@@ -107,3 +109,18 @@ class SuiteProgress:
         self._thread.join()
         self._update()
         self.bar.close()
+
+
+def counted(items: Iterable[T], what: str, stream=None) -> Iterator[T]:
+    """``items``, with a bar on a terminal (stderr) while a command works through them (``memory``'s
+    tasks, ``tables``' models, ``overhead``'s repeats); elsewhere one plain line saying how many."""
+    stream = stream if stream is not None else sys.stderr
+    total = len(items) if isinstance(items, Sized) else None
+    if not stream.isatty():
+        print(f"{what}: {total if total is not None else 'some'} to do", file=stream, flush=True)
+        yield from items
+        return
+    size = shutil.get_terminal_size()
+    with tqdm(items, total=total, desc=what, file=stream, ncols=size.columns, nrows=size.lines,
+              leave=False) as bar:
+        yield from bar

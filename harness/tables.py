@@ -15,6 +15,7 @@ from harness.fleet import MB, Device
 from harness.markdown import markdown_head, markdown_row
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import ModelSpec
+from harness.progress import counted
 from harness.training import train_local
 
 START, END = "<!-- memory-tables:start -->", "<!-- memory-tables:end -->"
@@ -107,7 +108,7 @@ def render(models: list[str], batches: list[int], spot: tuple[str, int] | None) 
              f"{SHAPE[1]}x{SHAPE[2]}, {CLASSES} classes, SGD momentum {OptimizerConfig().momentum:g}, the peak of a "
              "step; MB = 2^20 bytes; every method with its default parameters; \"vs full\" is the share of FedAvg's "
              "full-model peak)."]
-    for model in models:
+    for model in counted(models, "models"):
         parts += [f"### {model}", peak_table(model, batches)]
     if spot is not None:
         parts += [f"### Spot check: {spot[0]}, batch {spot[1]}, measured for real",

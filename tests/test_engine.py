@@ -159,6 +159,24 @@ def test_on_a_terminal_the_suite_draws_one_bar_of_rounds(tmp_path):
     no_bar.close()
 
 
+def test_a_long_command_counts_its_steps():
+    """``memory``, ``tables`` and ``overhead`` go through ``counted``: a bar on a terminal, one plain
+    line elsewhere; every item comes through either way."""
+    import io
+
+    from harness.progress import counted
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain, screen = io.StringIO(), Terminal()
+    assert list(counted(["a", "b", "c"], "tasks", stream=plain)) == ["a", "b", "c"]
+    assert plain.getvalue() == "tasks: 3 to do\n"
+    assert list(counted(range(4), "models", stream=screen)) == [0, 1, 2, 3]
+    assert "models:" in screen.getvalue() and "0/4" in screen.getvalue()  # drawn, then cleared (leave=False)
+
+
 def test_a_budget_no_device_meets_records_everyone_excluded(tmp_path, quiet):
     cfg = tiny_suite(methods=[{"method": "exclusive"}, {"method": "allsmall"}],
                      fleet={"low_mb": 0.001, "high_mb": 0.002})
