@@ -179,11 +179,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     full = rows[0][2]["peak"]
     head = ["task", "peak MB", *[f"{c} MB" for c in CATEGORIES], "vs full"]
     print(f"# estimated training peak: {table.title}")
-    print(markdown_head(head))
-    for _, label, rec in rows:
-        cells = [label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
-                 f"{100 * (rec['peak'] / full - 1):+.1f}%"]
-        print(markdown_row(cells))
+    print(markdown_table(head, ([label, f"{rec['peak'] / MB:.2f}", *[f"{rec[c] / MB:.2f}" for c in CATEGORIES],
+                                 f"{100 * (rec['peak'] / full - 1):+.1f}%"] for _, label, rec in rows)))
     for reason in untrainable:
         print(f"not in the table: {reason}")
     if args.measure:

@@ -159,6 +159,16 @@ def test_on_a_terminal_the_suite_draws_one_bar_of_rounds(tmp_path):
     no_bar.close()
 
 
+def test_tables_printed_in_the_terminal_are_aligned_markdown():
+    from harness.markdown import markdown_table
+
+    text = markdown_table(["task", "peak MB"], [["full model (FedAvg)", "7.52"], ["neulite: stage=1", "3.24"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1  # every line as wide: the columns line up
+    assert lines[0] == "| task                | peak MB |" and lines[1] == "|---------------------|---------|"
+    assert lines[3] == "| neulite: stage=1    | 3.24    |"
+
+
 def test_a_long_command_counts_its_steps():
     """``memory``, ``tables`` and ``overhead`` go through ``counted``: a bar on a terminal, one plain
     line elsewhere; every item comes through either way."""
