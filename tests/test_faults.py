@@ -297,7 +297,7 @@ def test_a_resume_that_adds_rounds_and_stops_short_reads_as_stopped(tmp_path, qu
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_suite(tiny_suite(rounds=4, seeds=[0]), tmp_path, resume=True, log=stop_after_round_3)
+        run_suite(tiny_suite(rounds=4, seeds=[0]), tmp_path, resume=True, log=stop_after_round_3, verbose=True)
     manifest = json.loads((tmp_path / "tiny" / "fedavg-seed0" / "manifest.json").read_text())
     assert manifest["config"]["rounds"] == 4
     notes = load_suite(tmp_path / "tiny").notes
