@@ -1,6 +1,7 @@
 """The round loop end to end: records, the memory gate, determinism, resume, bad runs."""
 
 import dataclasses
+import io
 import json
 import typing
 
@@ -133,15 +134,16 @@ def test_a_suite_says_its_progress_without_escape_codes_and_rounds_only_when_ver
     assert (tmp_path / "b" / "tiny" / "allsmall-seed0" / "run.log").read_text().count("/2  acc") == 2
 
 
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a user's console does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_on_a_terminal_the_suite_draws_one_bar_of_rounds(tmp_path):
     """A terminal gets a tqdm bar over every run's rounds (read from their records), with runs done."""
-    import io
-
     from harness.progress import SuiteProgress
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     folders = [tmp_path / "a", tmp_path / "b"]
     for folder, lines in zip(folders, (3, 1), strict=True):
@@ -172,13 +174,7 @@ def test_tables_printed_in_the_terminal_are_aligned_markdown():
 def test_a_long_command_counts_its_steps():
     """``memory``, ``tables`` and ``overhead`` go through ``counted``: a bar on a terminal, one plain
     line elsewhere; every item comes through either way."""
-    import io
-
     from harness.progress import counted
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     plain, screen = io.StringIO(), Terminal()
     assert list(counted(["a", "b", "c"], "tasks", stream=plain)) == ["a", "b", "c"]
