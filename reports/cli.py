@@ -1,4 +1,4 @@
-"""``python -m reports SUITE_DIR [SUITE_DIR ...] [-o OUT] [--target T] [--allow-mixed]``: render a
+"""``python -m reports SUITE_DIR [SUITE_DIR ...] [-o OUT] [--target T] [--allow-mixed] [--labels A,B]``: render a
 suite's report, or one report comparing several suites."""
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float,
                         help="target accuracy as a fraction, for time to target (default: the suite's "
                              "report.target, else 0.9)")
+    parser.add_argument("--labels", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                        help="draw only these labels, e.g. fedavg,exclusive,neulite (default: every label)")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target must be a fraction in (0, 1], e.g. 0.9; got {args.target}")
     try:
-        report = render(args.suite_dirs, args.out, args.target, args.allow_mixed)
+        report = render(args.suite_dirs, args.out, args.target, args.allow_mixed, args.labels)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ a suite can be looked at while it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,20 @@ class Suite:
     fleet: pd.DataFrame  # suite, seed, id, budget, flops, up, down: one row per device of each fleet
     notes: list[str]
     compared: pd.DataFrame | None = None  # several suites: the config keys in which they differ
+
+    def only(self, labels: list[str]) -> Suite:
+        """The suite with only these labels' runs (a report of a subset); an unknown label is refused,
+        naming those the records hold."""
+        unknown = [label for label in labels if label not in self.labels]
+        if unknown:
+            raise ReportError(f"--labels: {', '.join(map(repr, unknown))} not in the records; they hold "
+                              f"{', '.join(self.labels)}")
+        kept = set(labels)
+        return dataclasses.replace(
+            self, runs=self.runs[self.runs["label"].isin(kept)].reset_index(drop=True),
+            rounds=self.rounds[self.rounds["label"].isin(kept)].reset_index(drop=True),
+            clients=self.clients[self.clients["label"].isin(kept)].reset_index(drop=True),
+            manifests={key: m for key, m in self.manifests.items() if key[0] in kept})
 
     @property
     def targets(self) -> list[float]:

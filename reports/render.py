@@ -45,15 +45,18 @@ def stage_sections(clients: pd.DataFrame) -> list[Section]:
 
 
 def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = None, target: float | None = None,
-           allow_mixed: bool = False) -> Report:
+           allow_mixed: bool = False, labels: list[str] | None = None) -> Report:
     """Read the records of one suite folder or several (compared in one report), write the figures
     (PNG and SVG), summary.md, summary.csv and index.html into ``out`` (default: the suite's
     ``report`` folder; required for several suites) and return what was written and what is missing.
-    ``target`` (time to target's accuracy) defaults to the suite's ``report.target``."""
+    ``target`` (time to target's accuracy) defaults to the suite's ``report.target``; ``labels``
+    draws only those labels (every table and figure of the report, over them alone)."""
     dirs = suite_dirs if isinstance(suite_dirs, list) else [suite_dirs]
     if len(dirs) > 1 and out is None:
         raise ReportError("several suites: give the output folder (-o OUT)")
     suite = load_suites(dirs, allow_mixed)
+    if labels:
+        suite = suite.only(labels)
     if target is None:
         if len(suite.targets) > 1:
             raise ReportError(f"the suites ask for different targets (report.target: "

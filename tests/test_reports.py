@@ -756,6 +756,17 @@ def test_the_suites_report_target_is_the_default_target(tmp_path, capsys):
     assert "Device time to 90% (s)" in (tmp_path / "c_out" / "summary.md").read_text()  # none recorded: 0.9
 
 
+def test_a_report_of_some_labels_draws_only_those(suite_dir, tmp_path, capsys):
+    """--labels: every table and figure over those labels alone; an unknown label is one line."""
+    assert main([str(suite_dir), "-o", str(tmp_path / "two"), "--labels", "neulite, fedavg"]) == 0
+    assert sorted(table_rows((tmp_path / "two" / "summary.md").read_text())) == ["fedavg (over budget)", "neulite"]
+    assert pd.read_csv(tmp_path / "two" / "summary.csv")["label"].tolist() == ["fedavg", "neulite"]
+    capsys.readouterr()
+    assert main([str(suite_dir), "-o", str(tmp_path / "bad"), "--labels", "neulite,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--labels: 'nope' not in the records; they hold fedavg, heterofl, neulite" in err
+
+
 def test_suite_summary_is_the_reports_numbers(suite_dir, tmp_path):
     """The documented API: the summary as numbers, the same as the rendered table's; its headline is
     the mean over seeds of each seed's last tenth, not one seed's last value."""
