@@ -42,13 +42,26 @@ class RunLog:
             self.console(line)
 
 
-def recorded_rounds(folder: Path) -> int:
-    """Rounds a run folder holds (its rounds.jsonl's complete lines)."""
-    try:
-        with (folder / "rounds.jsonl").open("rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
+class RoundCounter:
+    """Rounds a run folder holds (its rounds.jsonl's complete lines), read on from where the last
+    count stopped: a poll costs what was appended since, not the whole file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path, self.offset, self.count = folder / "rounds.jsonl", 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, 2) < self.offset:  # rewritten (a resume truncated a torn round): count again
+                    self.offset = self.count = 0
+                f.seek(self.offset)
+                new = f.read()
+        except FileNotFoundError:
+            return 0
+        complete = new.rfind(b"\n") + 1  # a line still being written is counted once whole
+        self.offset += complete
+        self.count += new.count(b"\n", 0, complete)
+        return self.count
 
 
 class SuiteProgress:
@@ -59,6 +72,7 @@ class SuiteProgress:
 
     def __init__(self, folders: list[Path], rounds: int, log: Log, bar: bool = True, stream=None) -> None:
         self.folders, self.rounds, self.log = folders, rounds, log
+        self.counters = [RoundCounter(folder) for folder in folders]
         self.stream = stream if stream is not None else sys.stderr
         self.start, self.runs_done = time.perf_counter(), 0
         self.first = self.done_rounds()  # a resume starts with rounds already recorded
@@ -71,7 +85,7 @@ class SuiteProgress:
         self._thread.start()
 
     def done_rounds(self) -> int:
-        return sum(min(recorded_rounds(f), self.rounds) for f in self.folders)
+        return sum(min(count(), self.rounds) for count in self.counters)
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):

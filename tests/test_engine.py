@@ -171,6 +171,20 @@ def test_tables_printed_in_the_terminal_are_aligned_markdown():
     assert lines[3] == "| neulite: stage=1    | 3.24    |"
 
 
+def test_the_bar_counts_complete_round_lines_as_they_are_appended(tmp_path):
+    from harness.progress import RoundCounter
+
+    count = RoundCounter(tmp_path)
+    assert count() == 0  # no records yet
+    (tmp_path / "rounds.jsonl").write_text('{}\n{}\n{"round"')
+    assert count() == 2  # a line still being written is not a round yet
+    with (tmp_path / "rounds.jsonl").open("a") as f:
+        f.write(': 3}\n{}\n')
+    assert count() == 4
+    (tmp_path / "rounds.jsonl").write_text("{}\n")  # rewritten shorter (a resume dropped a torn round)
+    assert count() == 1
+
+
 def test_a_long_command_counts_its_steps():
     """``memory``, ``tables`` and ``overhead`` go through ``counted``: a bar on a terminal, one plain
     line elsewhere; every item comes through either way."""
