@@ -6,7 +6,6 @@ runs it, so every executor gives the same records.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,10 +15,10 @@ from harness.config import SuiteConfig
 from harness.data import Batches, DataBundle
 from harness.fleet import Device
 from harness.methods import ClientResult, Method, TaskSpec
+from harness.progress import Log
 from harness.seeds import derived_seed, seed_torch
 from harness.training import round_optimizer, train_local
 
-Log = Callable[[str], None]
 SLOW_CLIENT_S = 5.0  # a client training this long gets its own progress line
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness import interrupts
-from harness.clients import ClientFailure, ClientJob, Clients, Log, client_trainer
+from harness.clients import ClientFailure, ClientJob, Clients, client_trainer
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
@@ -34,7 +34,7 @@ from harness.methods import (
     over_budget,
 )
 from harness.models import ModelSpec, input_error
-from harness.progress import RunLog, SuiteProgress
+from harness.progress import Log, RunLog, SuiteProgress
 from harness.records import (
     RecordsError,
     RunWriter,
@@ -75,6 +75,8 @@ class Candidate:
     position: int  # index into the fleet and the partition
     spec: TaskSpec | None  # the task offered (for an excluded device: the smallest one, if any)
     estimate: MemoryReport | None
+    need: int | None  # the bytes the memory gate holds against the budget (the estimate, plus on a GPU
+    # with measure.gate = "allocator" the allocator's overhead); None without a task
     reason: str = ""
 
 
@@ -84,14 +86,18 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
     for position, device in enumerate(fleet):
         choice = method.choose(rnd, device)
         if isinstance(choice, Excluded):
-            estimate = method.estimate(choice.spec, device) if choice.spec is not None else None
-            candidates.append(Candidate(device, position, choice.spec, estimate, choice.reason))
+            spec = choice.spec  # the smallest task offered, if any: what the device would need to take part
+            if spec is None:
+                candidates.append(Candidate(device, position, None, None, None, choice.reason))
+            else:
+                candidates.append(Candidate(device, position, spec, method.estimate(spec, device),
+                                            method.need(spec, device), choice.reason))
             continue
         estimate, need = method.estimate(choice, device), method.need(choice, device)
         reason = ""
         if method.respects_budgets and need > device.budget:
             reason = over_budget(device, choice, need)
-        candidates.append(Candidate(device, position, choice, estimate, reason))
+        candidates.append(Candidate(device, position, choice, estimate, need, reason))
     return candidates
 
 
@@ -308,9 +314,8 @@ class Run:
                "estimate": c.estimate.to_record() if c.estimate else None}
         if c.spec is not None:
             row.update(c.spec.to_record())
-            need = self.method.need(c.spec, c.device)
-            if c.estimate is not None and need != c.estimate.peak:  # the allocator gate's estimate plus overhead
-                row["need"] = need
+            if c.need != c.estimate.peak:  # the allocator gate's estimate plus overhead
+                row["need"] = c.need
         return row
 
     @staticmethod
@@ -331,7 +336,7 @@ class Run:
         estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
         headline = next(iter(evals.values()), (None, None))
         offered = [c for c in candidates if not c.reason]  # plain FedAvg offers its task to every device
-        eligible = sum(self.method.need(c.spec, c.device) <= c.device.budget for c in offered)
+        eligible = sum(c.need <= c.device.budget for c in offered)
         return {
             "round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
             "accuracy": headline[0], "loss": headline[1],

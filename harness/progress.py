@@ -15,7 +15,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 T = TypeVar("T")
-Log = Callable[[str], None]
+Log = Callable[[str], None]  # where a run or a command says something: print, a test's list
 RUN_LOG = "run.log"  # a run's progress lines, beside its records
 POLL_S = 0.5  # how often the bar reads the rounds recorded
 
@@ -71,13 +71,15 @@ class SuiteProgress:
     prints one plain line per run with the same counts."""
 
     def __init__(self, folders: list[Path], rounds: int, log: Log, bar: bool = True, stream=None) -> None:
-        self.folders, self.rounds, self.log = folders, rounds, log
+        self.rounds, self.log = rounds, log
         self.counters = [RoundCounter(folder) for folder in folders]
+        self.runs = len(folders)
+        self._counting = threading.Lock()  # the poller and run_done count from two threads
         self.stream = stream if stream is not None else sys.stderr
         self.start, self.runs_done = time.perf_counter(), 0
         self.first = self.done_rounds()  # a resume starts with rounds already recorded
         size = shutil.get_terminal_size()  # 80 x 24 where a terminal reports no size (tqdm would draw nothing)
-        self.bar = tqdm(total=len(folders) * rounds, initial=self.first, unit="round", file=self.stream,
+        self.bar = tqdm(total=self.runs * rounds, initial=self.first, unit="round", file=self.stream,
                         disable=not (bar and self.stream.isatty()), desc="suite", ncols=size.columns,
                         nrows=size.lines)
         self._stop = threading.Event()
@@ -85,7 +87,8 @@ class SuiteProgress:
         self._thread.start()
 
     def done_rounds(self) -> int:
-        return sum(min(count(), self.rounds) for count in self.counters)
+        with self._counting:
+            return sum(min(count(), self.rounds) for count in self.counters)
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -94,12 +97,12 @@ class SuiteProgress:
     def _update(self) -> None:
         done = self.done_rounds()
         self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"{self.runs_done}/{len(self.folders)} runs", refresh=False)
+        self.bar.set_postfix_str(f"{self.runs_done}/{self.runs} runs", refresh=False)
 
     def eta(self) -> float | None:
         """Seconds left at the pace so far (None before a round is done)."""
         done = self.done_rounds() - self.first
-        left = len(self.folders) * self.rounds - self.first - done
+        left = self.runs * self.rounds - self.first - done
         return None if done <= 0 else (time.perf_counter() - self.start) * left / done
 
     def run_done(self, line: str) -> None:
@@ -107,8 +110,8 @@ class SuiteProgress:
         self.runs_done += 1
         self._update()
         eta = self.eta()
-        left = "" if eta is None or self.runs_done == len(self.folders) else f", about {eta / 60:.1f} min left"
-        self.write(f"{line} ({self.runs_done}/{len(self.folders)} runs, {time.perf_counter() - self.start:.0f} s"
+        left = "" if eta is None or self.runs_done == self.runs else f", about {eta / 60:.1f} min left"
+        self.write(f"{line} ({self.runs_done}/{self.runs} runs, {time.perf_counter() - self.start:.0f} s"
                    f"{left})")
 
     def write(self, line: str) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from harness.clients import ClientFailure, ClientJob, Log, log_if_slow, train_client
+from harness.clients import ClientFailure, ClientJob, log_if_slow, train_client
 from harness.config import RayConfig, SuiteConfig
 from harness.data import DataBundle
 from harness.engine import EXECUTORS, Run, RunJob, RunLostError, Shared, suite_estimator
 from harness.memory.estimate import TaskCost
 from harness.methods import ClientResult, Method, TaskError
-from harness.progress import SuiteProgress
+from harness.progress import Log, SuiteProgress
 from harness.seeds import deterministic_kernels
 
 FORWARDED_ENV = ("FL_HARNESS_PLUGINS", "PYTHONPATH")  # a user's own methods must load on every worker

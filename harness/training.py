@@ -282,8 +282,7 @@ def train_local(build: Callable[[], Task], batches: Batches, epochs: int, cfg: O
         model = task.model
         bytes_down = tensor_bytes(model.state_dict(keep_vars=True))
         optimizer = start_training(tracker, task, cfg)
-        # steps left to measure at each batch size
-        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), steps_to_measure if measure else 0)
+        to_measure = dict.fromkeys(peak_batches(batches.sizes, task.micro_batch), steps_to_measure)  # steps left
         start = time.perf_counter()
         total, steps = 0.0, 0
         for _ in range(epochs):

@@ -133,8 +133,13 @@ def device_time_split(summary: pd.DataFrame, styles: dict, fleet: pd.DataFrame |
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
     y = np.arange(len(rows))
-    ax.barh(y, rows["compute_s"], height=0.6, color="0.35", label="compute", gid="compute")
-    ax.barh(y, rows["comm_s"], left=rows["compute_s"], height=0.6, color="0.75", label="communication", gid="comm")
+    over = [bool(styles[label].get("over_budget")) for label in rows.index]
+    for values, left, color, part in ((rows["compute_s"], 0, "0.35", "compute"),
+                                      (rows["comm_s"], rows["compute_s"], "0.75", "comm")):
+        bars = ax.barh(y, values, left=left, height=0.6, color=color, gid=part,
+                       label="compute" if part == "compute" else "communication")
+        for bar, hatched in zip(bars, over, strict=True):  # a run over budget: no device could take that time
+            bar.set_hatch("//" if hatched else "")
     ends = rows["compute_s"] + rows["comm_s"]
     for i, (share, end) in enumerate(zip(rows["comm_share"], ends, strict=True)):
         ax.annotate(f"{share:.0%} communication", (end, i), xytext=(4, 0), textcoords="offset points",
@@ -144,7 +149,9 @@ def device_time_split(summary: pd.DataFrame, styles: dict, fleet: pd.DataFrame |
     ax.set_xlim(0, ends.max() * 1.35)
     ax.set(xlabel="Device time of a client's round (s, simulated; mean over trained clients)",
            title="Compute and communication per client round")
-    outside_legend(ax, title=textwrap.fill(time_assumptions(fleet) or "", 40) or None)
+    assumptions = time_assumptions(fleet)
+    notes = [textwrap.fill(assumptions, 40) if assumptions else None, "hatched: ran over budget" if any(over) else None]
+    outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 
 

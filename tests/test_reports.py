@@ -526,7 +526,8 @@ def test_device_time_is_split_into_compute_and_communication(suite, styles):
                                                            for k in summary.index])
     assert [t.get_text() for t in ax.texts] == ["80% communication", "60% communication", "50% communication"]
     model = "device time model: 10 GFLOP/s of training, links 10 Mbit/s up and 50 Mbit/s down"
-    assert " ".join(ax.get_legend().get_title().get_text().split()) == model
+    assert " ".join(ax.get_legend().get_title().get_text().split()) == model + " hatched: ran over budget"
+    assert [p.get_hatch() for p in compute] == [p.get_hatch() for p in comm] == ["//", "", ""]  # fedavg: over budget
     timed = figures.accuracy_vs_time(suite.rounds, styles, suite.fleet).axes[0]
     assert model in " ".join(timed.get_legend().get_title().get_text().split())
     notes = next(t for t in figures.time_to_target(summary, styles, TARGET, suite.fleet).axes[0].texts
