@@ -162,6 +162,7 @@ class DepthFLLoss:
 
 @register_method("depthfl")
 class DepthFL(GlobalModelMethod):
+    family = "depth scaling"
     Params = DepthFLParams
 
     def __init__(self, params: Any, ctx) -> None:

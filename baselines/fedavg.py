@@ -35,6 +35,7 @@ class FedAvgParams:
 
 @register_method("fedavg")
 class FedAvg(GlobalModelMethod):
+    family = "full model"
     Params = FedAvgParams
     respects_budgets = False
 

@@ -35,6 +35,7 @@ class CheckpointParams(FitParams):
 
 @register_method("microbatch")
 class MicroBatch(FedAvg):
+    family = "full model, fitted per step"
     Params = FitParams
     respects_budgets = True
 

@@ -35,6 +35,7 @@ class WidthParams:
 class WidthMethod(GlobalModelMethod):
     """The global model at full width; a client trains the largest rate whose estimate fits."""
 
+    family = "width scaling"
     Params = WidthParams
 
     def __init__(self, params: Any, ctx) -> None:

@@ -172,6 +172,7 @@ class Run:
         return {
             "suite": self.cfg.name, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
             "method_params": dataclasses.asdict(self.params), "chance_cause": self.method.chance_cause,
+            "family": self.method.family,
             "config": to_dict(self.cfg),
             "versions": versions(), "git_commit": git_commit(), "started": now(),
             "device": device_name(self.device),

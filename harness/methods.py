@@ -215,6 +215,9 @@ class Method(ABC):
     # Where the method knows one: the likely cause of its evaluated accuracy staying at chance while
     # its clients' training loss falls. Recorded in each run's manifest; reports quote it.
     chance_cause: ClassVar[str] = ""
+    # The kind of method, for reports that draw one panel per kind ("width scaling"); recorded in
+    # each run's manifest.
+    family: ClassVar[str] = "other"
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params

@@ -44,6 +44,7 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @register_method("neulite")
 class NeuLite(Method):
+    family = "progressive"
     Params = NeuLiteParams
 
     def __init__(self, params: NeuLiteParams, ctx: MethodContext) -> None:

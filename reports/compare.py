@@ -26,6 +26,11 @@ def differences(suites: list[Suite], names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Key", *names])
 
 
+def mixed(compared: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows of ``differences`` in which the suites measure unlike things (data set, model)."""
+    return compared[compared["Key"].isin(SAME)] if compared is not None else pd.DataFrame(columns=["Key"])
+
+
 def _relabel(suite: Suite, name: str, clashing: set[str]) -> Suite:
     """``suite`` under ``name``, its clashing labels prefixed by that name."""
     rename = {label: f"{name}/{label}" for label in suite.labels if label in clashing}
@@ -51,9 +56,9 @@ def load_suites(paths: list[str | Path], allow_mixed: bool = False) -> Suite:
     if len(set(names)) < len(names):
         raise ReportError(f"cannot tell the suites apart by name or folder ({', '.join(map(str, paths))})")
     compared = differences(suites, names)
-    mixed = compared[compared["Key"].isin(SAME)]
-    if len(mixed) and not allow_mixed:
-        what = "; ".join(f"{row.Key}: {' vs '.join(map(str, row[1:]))}" for row in mixed.itertuples(index=False))
+    unlike = mixed(compared)
+    if len(unlike) and not allow_mixed:
+        what = "; ".join(f"{row.Key}: {' vs '.join(map(str, row[1:]))}" for row in unlike.itertuples(index=False))
         raise ReportError(f"the suites differ in data set or model ({what}); pass --allow-mixed to compare them")
     seen: dict[str, int] = {}
     for s in suites:

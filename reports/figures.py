@@ -20,6 +20,7 @@ from reports.stats import INTERVAL_NAMES, band, fits_per_round, interval_kind, p
 from reports.style import CATEGORY_COLORS, MB, outside_legend, speedup_text, themed
 
 PEAK = TENSOR + "peak"
+FLEET_PANEL_INCHES = 3  # wide enough for the names of the methods on one memory level, a few a line
 DEVICE_CLOCK = "device_wall_time"
 
 
@@ -91,36 +92,87 @@ def time_assumptions(fleet: pd.DataFrame | None) -> str | None:
             f"{_values(fleet['up'] * 8, 1e6, 'Mbit/s')} up and {_values(fleet['down'] * 8, 1e6, 'Mbit/s')} down")
 
 
+def panel_grid(count: int, width: float = 4.2, height: float = 3.3) -> tuple[Figure, np.ndarray]:
+    """``count`` panels sharing both axes, at most three a row; the spare ones hidden."""
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.5, height * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+        axes[-2, list(axes[-1]).index(ax)].xaxis.set_tick_params(labelbottom=True)  # the column's last shown
+    return fig, axes
+
+
+def bottom_panels(axes: np.ndarray) -> list[Axes]:
+    """The lowest shown panel of each column (where the x axis is labelled)."""
+    return [next(ax for ax in column[::-1] if ax.get_visible()) for column in axes.T]
+
+
 def _accuracy(rounds: pd.DataFrame, styles: dict, x: str, xlabel: str, title: str,
-              assumptions: str | None = None) -> Figure | None:
+              assumptions: str | None = None, panels: dict[str, str] | None = None,
+              context: bool = False) -> Figure | None:
+    """Accuracy against ``x``, one line per label; with ``panels`` (label -> panel name) one panel
+    per name, in small multiples, and with ``context`` every other label drawn faint grey behind
+    each panel's own, so a panel still reads against the rest."""
     data = rounds.dropna(subset=["accuracy", x])
     if data.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for label, group in data.groupby("label"):
-        plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"],
-                  linestyle="--" if styles[label].get("over_budget") else "-")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    if x == "round":
-        round_axis(ax)
-    ax.set(xlabel=xlabel, ylabel="Test accuracy", title=title)
-    over = any(styles[label].get("over_budget") for label in data["label"].unique())
+    drawn = sorted(data["label"].unique())
+    names = sorted({panels[label] for label in drawn}) if panels else [title]
+    fig, axes = panel_grid(len(names)) if panels else plt.subplots(figsize=(7.5, 4.2), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        own = [label for label in drawn if not panels or panels[label] == name]
+        for label, group in data.groupby("label"):
+            if label in own:
+                plot_band(ax, group, "accuracy", x, styles[label], label=styles[label]["name"],
+                          linestyle="--" if styles[label].get("over_budget") else "-")
+            elif context:
+                b = band(group, "accuracy", x)
+                ax.plot(b["x"], b["mean"], color="0.8", linewidth=0.8, zorder=1, gid=f"context {label}")
+        ax.set_title(name if panels else title, fontsize="medium" if panels else None)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        if x == "round":
+            round_axis(ax)
+    for ax in bottom_panels(axes):
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Test accuracy")
+    if panels:
+        fig.suptitle(title, fontweight="bold")
+    over = any(styles[label].get("over_budget") for label in drawn)
     notes = [band_note(data), "dashed: ran over budget" if over else None,
+             "grey: the other methods" if context else None,
              textwrap.fill(assumptions, 40) if assumptions else None]
-    outside_legend(ax, title="\n".join(n for n in notes if n) or None)
+    handles = [h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]]
+    outside_legend(axes[0, -1], handles=handles, labels=[h.get_label() for h in handles],
+                   title="\n".join(n for n in notes if n) or None)
     return fig
 
 
 @themed
-def accuracy_vs_round(rounds: pd.DataFrame, styles: dict) -> Figure | None:
-    return _accuracy(rounds, styles, "round", "Round", "Accuracy by round")
+def accuracy_vs_round(rounds: pd.DataFrame, styles: dict, panels: dict[str, str] | None = None) -> Figure | None:
+    """``panels`` (label -> suite, when suites are compared): one panel each."""
+    return _accuracy(rounds, styles, "round", "Round", "Accuracy by round", panels=panels)
 
 
 @themed
-def accuracy_vs_time(rounds: pd.DataFrame, styles: dict, fleet: pd.DataFrame | None = None) -> Figure | None:
+def accuracy_vs_time(rounds: pd.DataFrame, styles: dict, fleet: pd.DataFrame | None = None,
+                     panels: dict[str, str] | None = None) -> Figure | None:
     """Against simulated time on the devices (docs/device-time.md), not the host's wall time."""
     return _accuracy(rounds, styles, DEVICE_CLOCK, "Cumulative device time (s, simulated; mean over seeds)",
-                     "Accuracy by device time", time_assumptions(fleet))
+                     "Accuracy by device time", time_assumptions(fleet), panels=panels)
+
+
+@themed
+def accuracy_by_family(rounds: pd.DataFrame, styles: dict, families: dict[str, str]) -> Figure | None:
+    """Accuracy by round in small multiples, one panel per kind of method (``families``: label ->
+    family), the rest grey behind; None with one family (the plain figure says it all)."""
+    drawn = rounds.dropna(subset=["accuracy"])["label"].unique()
+    if len({families[label] for label in drawn}) < 2:
+        return None
+    return _accuracy(rounds, styles, "round", "Round", "Accuracy by round, by kind of method",
+                     panels=families, context=True)
 
 
 @themed
@@ -211,7 +263,8 @@ def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], suites:
     near = 0.02 * bx.get_ylim()[1]  # lines this close hide each other: one text names them all
     ordered = sorted(levels, key=levels.get)
     for shared in ([ordered[i] for i in group] for group in near_groups([levels[k] for k in ordered], near)):
-        bx.annotate(", ".join(styles[label]["name"] for label in shared), (0.02, levels[shared[-1]]),
+        names = textwrap.fill(", ".join(styles[label]["name"] for label in shared), FLEET_PANEL_INCHES * 16)
+        bx.annotate(names, (0.02, levels[shared[-1]]),
                     xytext=(0, 2), textcoords="offset points", fontsize="xx-small", color="0.25", va="bottom",
                     gid="levels " + ", ".join(shared))
     bx.set_xlim(0, 1.02)
@@ -219,8 +272,6 @@ def fleet_panel(bx: Axes, fleet: pd.DataFrame, levels: dict[str, float], suites:
     fleets = fleet.groupby(["suite", "seed"]).ngroups
     bx.set(xlabel="Devices with at least this budget",
            title="Fleet budgets" + (f" ({fleets} fleets pooled)" if fleets > 1 and len(budgets) == 1 else ""))
-    if len(budgets) > 1:
-        bx.legend(loc="lower left", fontsize="xx-small")
 
 
 @themed
@@ -235,9 +286,9 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
     labels = sorted(clients["label"].unique())
     tasks = clients.dropna(subset=[ESTIMATE]).groupby("label")[ESTIMATE].agg(["min", "max"]).reindex(labels) / MB
     panels = 2 if len(fleet) else 1
-    width = max(6.0, 0.9 * len(labels) + 3.5) + 2.5 * (panels - 1)
-    fig, axes = plt.subplots(1, panels, figsize=(width, 4.8), sharey=True, squeeze=False,
-                             gridspec_kw={"width_ratios": [max(3, len(labels)), 2][:panels]})
+    widths = [max(6.0, 0.9 * len(labels) + 3.5), FLEET_PANEL_INCHES][:panels]  # the fleet's: room for its names
+    fig, axes = plt.subplots(1, panels, figsize=(sum(widths), 4.8), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     ax = axes[0, 0]
     tops = trained.loc[trained.groupby("label")[PEAK].idxmax()].set_index("label").reindex(labels)
     stacked_bars(ax, tops)
@@ -273,6 +324,8 @@ def memory_by_method(clients: pd.DataFrame, fleet: pd.DataFrame, styles: dict) -
         fleet_panel(axes[0, 1], fleet, tasks["min"].dropna().to_dict(), suites, styles)
         handles.append(plt.Line2D([], [], color="0.3", linestyle="--"))
         names.append("smallest task (fits: marked)")
+        curves, named = axes[0, 1].get_legend_handles_labels()  # several suites: which fleet curve is whose
+        handles, names = curves[::-1] + handles, named[::-1] + names
     outside_legend(axes[0, -1], handles=handles[::-1], labels=names[::-1])
     return fig
 
@@ -330,10 +383,11 @@ def separated_front(x: np.ndarray, low: np.ndarray, high: np.ndarray, on_front: 
 
 
 @themed
-def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
+def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, str] | None = None) -> Figure | None:
     """Accuracy (each seed's last tenth of rounds) against the memory a device needs to take part
     (the method's smallest task), a bar to its largest task; the front joins the methods no other
-    beats whose intervals separate.
+    beats whose intervals separate; with ``fronts`` (label -> suite: suites on different data or
+    models compared) one front per suite, since a front across them would trade unlike things.
     Every point sits at its own values (none is moved along an axis to make room) and is named;
     the names of points on nearly one memory value are spread apart, with a leader line each."""
     points = summary.dropna(subset=["task_min_mb", "final"])
@@ -346,8 +400,12 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
     labels = list(points.index)
     feasible = np.array([not styles[label].get("over_budget") for label in labels])
     low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
-    on_front = separated_front(x, low.to_numpy(float), high.to_numpy(float),
-                               pareto_front(np.where(feasible, x, np.nan), y))  # over budget: no trade-off
+    group_of = np.array([fronts[label] if fronts else "" for label in labels])
+    on_front = np.zeros(len(labels), dtype=bool)
+    for name in np.unique(group_of):
+        own = (group_of == name) & feasible  # over budget: no trade-off
+        on_front |= separated_front(x, low.to_numpy(float), high.to_numpy(float),
+                                    pareto_front(np.where(own, x, np.nan), y))
     pad = 0.05 * max(high.max() - low.min(), 0.05)
     ax.set_xlim(x.min() - 0.08 * span, largest.max() + 0.35 * span)
     ax.set_ylim(max(low.min() - pad, 0.0), min(high.max() + pad, 1.02))
@@ -369,9 +427,12 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict) -> Figure | None:
             ax.annotate(style["name"], (x[i], y[i]), xytext=(name_x, name_y), textcoords="data", ha=align,
                         va="bottom", fontsize="x-small", color=style["color"], gid=f"name {label}",  # above its bar
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
-    front = points[on_front].sort_values("task_min_mb")
-    ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linestyle=":", linewidth=1.2,
-            label="Pareto front, intervals apart" + (" (within budget)" if not feasible.all() else ""))
+    for k, name in enumerate(np.unique(group_of)):
+        front = points[on_front & (group_of == name)].sort_values("task_min_mb")
+        ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linewidth=1.2,
+                linestyle=(":", "-.", "--", (0, (1, 3)))[k % 4], gid=f"pareto {name}".strip(),
+                label="Pareto front" + (f" of {name}" if name else "") + ", intervals apart"
+                + (" (within budget)" if not feasible.all() else ""))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set(xlabel="Memory a device needs to take part (MB: smallest task, estimated; bar to the largest)",
            ylabel="Test accuracy (last 10% of rounds)", title="Memory against accuracy (up and left is better)")

@@ -41,7 +41,7 @@ class Suite:
     path: Path
     name: str
     info: dict[str, Any]  # suite.json; {} when it is missing
-    runs: pd.DataFrame  # label, method, seed, dir, suite: every run the suite lists, started or not
+    runs: pd.DataFrame  # label, method, seed, dir, suite, family: every run the suite lists, started or not
     manifests: dict[tuple[str, int], dict[str, Any]]
     rounds: pd.DataFrame  # run keys + rounds.jsonl keys, nested ones dotted ("evals.full.accuracy")
     clients: pd.DataFrame  # run keys + clients.jsonl keys, nested ones dotted ("memory.tensor.peak")
@@ -77,6 +77,12 @@ class Suite:
     def methods(self) -> dict[str, str]:
         """Each label's method."""
         return dict(zip(self.runs["label"], self.runs["method"], strict=True))
+
+    @property
+    def families(self) -> dict[str, str]:
+        """Each label's kind of method ("width scaling"), as its manifest records it."""
+        known_last = self.runs.sort_values("family", key=lambda f: f != "other", kind="stable")  # a run not started
+        return dict(zip(known_last["label"], known_last["family"], strict=True))  # says other: a seed that ran wins
 
     @property
     def suites(self) -> dict[str, str]:
@@ -164,7 +170,7 @@ def load_suite(path: str | Path) -> Suite:
     suite_name = info.get("suite") or path.name
     runs, manifests, rounds, clients, fleets = [], {}, [], [], []
     for run in _listed_runs(path, info, notes):
-        run = {**run, "suite": suite_name}
+        run = {**run, "suite": suite_name, "family": "other"}
         runs.append(run)
         folder, name = path / run["dir"], f"{run['label']} seed {run['seed']}"
         if not folder.is_dir():
@@ -172,6 +178,7 @@ def load_suite(path: str | Path) -> Suite:
             continue
         manifest = read_json(folder / "manifest.json", notes, f"{run['dir']}/manifest.json")
         manifests[run["label"], run["seed"]] = manifest
+        run["family"] = manifest.get("family") or "other"  # records from before methods named one: other
         fleets += [{"seed": run["seed"], **d} for d in manifest.get("fleet", [])]
         identity = {k: run[k] for k in (*RUN_KEYS, "suite")}
         run_rounds = [{**r, **identity}

@@ -12,7 +12,11 @@ FIGURES = {
     "accuracy_vs_round": ("Accuracy by round",
                           "Test accuracy of each method's deployable model per round: mean over seeds, band "
                           "the 95% t-interval with 3 seeds or more, the min-max range with 2 (clipped to "
-                          "0-100%)."),
+                          "0-100%); suites compared: one panel per suite."),
+    "accuracy_by_family": ("Accuracy by round, by kind of method",
+                           "The same accuracy in small multiples, one panel per kind of method (full model, "
+                           "width scaling, depth scaling, progressive...: each method's manifest names it), "
+                           "the other methods faint grey behind; drawn when the suite holds two kinds or more."),
     "accuracy_vs_time": ("Accuracy by device time",
                          "The same accuracy against cumulative simulated time on the devices: each round "
                          "lasts as long as its slowest participant's compute (FLOPs over the device's "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import figures, stages
-from reports.compare import load_suites
+from reports.compare import load_suites, mixed
 from reports.html import index_html
 from reports.load import ReportError
 from reports.markdown import summary_markdown
@@ -70,25 +70,30 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
     names = over_budget_names(summary)
     for label, style in styles.items():
         style.update(name=names[label], over_budget=names[label] != label)
+    per_suite = suite.suites if suite.compared is not None else None  # suites compared: a panel each
     built = {
-        "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles),
-        "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles, suite.fleet),
+        "accuracy_vs_round": lambda: figures.accuracy_vs_round(suite.rounds, styles, per_suite),
+        "accuracy_by_family": lambda: figures.accuracy_by_family(suite.rounds, styles, suite.families),
+        "accuracy_vs_time": lambda: figures.accuracy_vs_time(suite.rounds, styles, suite.fleet, per_suite),
         "device_time_split": lambda: figures.device_time_split(summary, styles, suite.fleet),
         "memory_by_method": lambda: figures.memory_by_method(suite.clients, suite.fleet, styles),
         "participation": lambda: figures.participation(suite.rounds, suite.clients, styles),
-        "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles),
+        "memory_vs_accuracy": lambda: figures.memory_vs_accuracy(summary, styles,
+                                                                 suite.suites if len(mixed(suite.compared)) else None),
         "neulite_stage_memory": lambda: stages.neulite_stage_memory(suite.clients, styles),
         "neulite_stage_accuracy": lambda: stages.neulite_stage_accuracy(suite.rounds, styles),
         "time_to_target": lambda: figures.time_to_target(summary, styles, target, suite.fleet),
     }
     files, shown = [], []
     has_neulite = (suite.runs["method"] == "neulite").any()
+    optional = {"accuracy_by_family", *(() if has_neulite else STAGE_FIGURES)}  # absent: not a gap in the records
+    expected = set(FIGURES) - optional
     for stem in FIGURES:
         fig = built[stem]()
         if fig is None:
             for ext in FORMATS:  # never leave a stale figure from an earlier render
                 (out / f"{stem}.{ext}").unlink(missing_ok=True)
-            if stem not in STAGE_FIGURES or has_neulite:
+            if stem in expected:
                 notes.append(f"{stem}: nothing to plot yet; not rendered")
             continue
         files += save(fig, out, stem)

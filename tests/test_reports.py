@@ -41,6 +41,7 @@ METHODS = {
     "neulite": ("neulite", 0.30, 1.5),
     "toolarge": ("exclusivefl", 0.10, 0.5),  # no device can train it
 }
+FAMILIES = {"fedavg": "full model", "exclusivefl": "full model", "heterofl": "width scaling", "neulite": "progressive"}
 SHARES = {"parameters": 0.25, "buffers": 0.05, "gradients": 0.25, "optimizer": 0.2, "state": 0.05, "activations": 0.15}
 TARGET = 0.73  # reached by fedavg at round 4, by heterofl and neulite at round 5 (no ties)
 T_1 = 12.706204736174698  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -108,7 +109,8 @@ def write_run(folder: Path, label: str, seed: int, rounds: int, config: dict, nu
     folder.mkdir(parents=True)
     run = {"label": label, "method": method, "seed": seed}
     manifest = {
-        "suite": config["name"], **run, "method_params": {"lr_scale": 1.0}, "config": config,
+        "suite": config["name"], **run, "family": FAMILIES[method], "method_params": {"lr_scale": 1.0},
+        "config": config,
         "versions": {"python": "3.11", "torch": "2.x"}, "git_commit": None, "started": "2025-01-01T00:00:00",
         "device": "cpu", "data": {"name": "synthetic", "train": 100, "test": 20, "num_classes": 10,
                                   "input_shape": [1, 8, 8]},
@@ -304,6 +306,49 @@ def test_accuracy_lines_are_the_mean_over_seeds_with_their_range(suite, styles):
         assert band.max() == pytest.approx(accuracy("fedavg", 1, 5)) and band.min() == pytest.approx(
             accuracy("fedavg", 0, 1))
         assert "min–max range (2 seeds)" in ax.get_legend().get_title().get_text()
+
+
+def panels(fig) -> dict[str, dict[str, list]]:
+    """Each shown panel's title -> its own lines (legend name -> (x, y)) and its grey context lines."""
+    return {ax.get_title(): {"own": {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                                     for line in ax.get_lines() if not (line.get_gid() or "").startswith("context")},
+                             "context": sorted(line.get_gid() for line in ax.get_lines()
+                                               if (line.get_gid() or "").startswith("context"))}
+            for ax in fig.axes if ax.get_visible()}
+
+
+def test_accuracy_by_family_draws_one_panel_per_kind_of_method(suite, styles):
+    """Small multiples: a panel per family the manifests record, its own methods' mean lines in colour
+    (the values of the single figure), the others grey behind; one family: no figure."""
+    drawn = panels(figures.accuracy_by_family(suite.rounds, styles, suite.families))
+    assert sorted(drawn) == ["full model", "progressive", "width scaling"]
+    for family, label in (("full model", "fedavg"), ("progressive", "neulite"), ("width scaling", "heterofl")):
+        assert list(drawn[family]["own"]) == [styles[label]["name"]]
+        x, y = drawn[family]["own"][styles[label]["name"]]
+        assert x == [1, 2, 3, 4, 5]
+        assert y == pytest.approx([mean_over_seeds(accuracy(label, s, r) for s in (0, 1)) for r in range(1, 6)])
+        assert drawn[family]["context"] == sorted(f"context {other}" for other in ("fedavg", "heterofl", "neulite")
+                                                  if other != label)
+    one_family = {label: "full model" for label in suite.families}
+    assert figures.accuracy_by_family(suite.rounds, styles, one_family) is None
+
+
+def test_the_family_is_each_runs_manifests_and_other_without_one(tmp_path):
+    folder = write_suite(tmp_path, labels=("fedavg", "neulite"), seeds=(0,))
+    assert load_suite(folder).families == {"fedavg": "full model", "neulite": "progressive"}
+    manifest = folder / "neulite-seed0" / "manifest.json"  # records from before methods named a family
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "family"}))
+    assert load_suite(folder).families == {"fedavg": "full model", "neulite": "other"}
+
+
+def test_every_built_in_method_names_its_family():
+    from harness.methods import METHODS as REGISTERED
+    built_in = [name for name in REGISTERED if REGISTERED[name].__module__.split(".")[0] in ("baselines", "neulite")]
+    families = {name: REGISTERED[name].family for name in built_in}
+    assert len(families) >= 11 and "other" not in families.values()
+    assert families["neulite"] == "progressive" and families["depthfl"] == "depth scaling"
+    assert families["heterofl"] == families["fjord"] == families["fedrolex"] == "width scaling"
+    assert families["fedavg"] == families["exclusive"] == families["allsmall"] == "full model"
 
 
 def test_three_seeds_get_a_t_band_clipped_to_one(tmp_path):
@@ -848,6 +893,33 @@ def test_one_report_compares_several_suites(tmp_path):
         render([a, b])
 
 
+def test_compared_suites_draw_a_panel_each_and_a_front_each_when_unlike(tmp_path):
+    """Accuracy figures: one panel per suite, each with its own labels; memory against accuracy: one
+    Pareto front per suite when their models differ (a front across them would trade unlike things)."""
+    a = rename_suite(write_suite(tmp_path / "a", labels=("heterofl", "neulite")), "cnn-suite")
+    b = rename_suite(write_suite(tmp_path / "b", labels=("heterofl", "neulite")), "resnet-suite",
+                     model__name="resnet18")
+    suite = load_suites([a, b], allow_mixed=True)
+    styles = method_styles(suite.methods)
+    for label, style in styles.items():
+        style["name"] = label
+    for build in (figures.accuracy_vs_round, figures.accuracy_vs_time):
+        drawn = panels(build(suite.rounds, styles, panels=suite.suites))
+        assert {title: sorted(p["own"]) for title, p in drawn.items()} == {
+            "cnn-suite": ["cnn-suite/heterofl", "cnn-suite/neulite"],
+            "resnet-suite": ["resnet-suite/heterofl", "resnet-suite/neulite"]}
+    summary, _ = summarize(suite, TARGET)
+    ax = figures.memory_vs_accuracy(summary, styles, suite.suites).axes[0]
+    fronts = {line.get_gid(): list(line.get_xdata()) for line in ax.get_lines()
+              if (line.get_gid() or "").startswith("pareto")}
+    assert sorted(fronts) == ["pareto cnn-suite", "pareto resnet-suite"]
+    for name in ("cnn-suite", "resnet-suite"):  # each front over its own suite's points only
+        own = summary[summary.index.str.startswith(name)]
+        assert set(fronts[f"pareto {name}"]) <= set(own["task_min_mb"])
+    joint = figures.memory_vs_accuracy(summary, styles).axes[0]
+    assert [line.get_gid() for line in joint.get_lines() if (line.get_gid() or "").startswith("pareto")] == ["pareto"]
+
+
 def test_suites_on_other_data_or_models_are_refused_unless_allowed(tmp_path, capsys):
     a = rename_suite(write_suite(tmp_path / "a", labels=("fedavg",)), "cnn-suite")
     b = rename_suite(write_suite(tmp_path / "b", labels=("fedavg",)), "resnet-suite", model__name="resnet18")
@@ -939,6 +1011,8 @@ def test_compared_suites_keep_their_own_fleet_and_fedavg(tmp_path):
         marker = next(line for line in bx.get_lines() if line.get_gid() == f"fits {label}").get_xydata()[0]
         assert marker == pytest.approx([share, smallest])
     assert len([line for line in bx.get_lines() if line.get_gid() == "fleet"]) == 2
+    legend = [text.get_text() for text in bx.get_legend().get_texts()]  # the one legend tells the fleets apart
+    assert {"fleet: a/synthetic", "fleet: b/synthetic", "smallest task (fits: marked)"} <= set(legend)
 
 
 def test_the_band_legend_names_the_intervals_each_round_draws():
