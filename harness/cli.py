@@ -39,7 +39,9 @@ from harness.training import NonFiniteLossError, train_local
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_suite(args.suite, [*(args.set or []), *([f"executor={args.executor}"] if args.executor else [])])
+    flags = [f"{key}={value}" for key, value in (("executor", args.executor), ("tensorboard", args.tensorboard))
+             if value is not None]
+    cfg = load_suite(args.suite, [*(args.set or []), *flags])
     folder = run_suite(cfg, args.out, args.resume, verbose=args.verbose)
     print(f"records: {folder}")
     print(f"report:  python -m reports {folder}")
@@ -303,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print every run's per-round lines (always written to each run's run.log)")
     run.add_argument("--executor", choices=EXECUTORS.names(),
                      help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
+    run.add_argument("--tensorboard", metavar="DIR",
+                     help="also write per-round scalars as TensorBoard event files under DIR/<suite>/<run> "
+                          "(default: the suite's 'tensorboard'; needs the tensorboard extra)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list methods, models, data sets, partitions and fleet distributions").set_defaults(
         func=cmd_list)

@@ -132,6 +132,7 @@ class SuiteConfig:
     deadline_s: float = 0.0  # round deadline in device seconds: slower clients are dropped (0: none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs"
+    tensorboard: str = ""  # a folder: per-round scalars as TensorBoard event files there too ("": none)
     executor: str = "local"  # where the runs execute: local | ray (docs/ray.md)
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)

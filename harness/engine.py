@@ -42,11 +42,13 @@ from harness.records import (
     device_name,
     git_commit,
     now,
+    refuse_links,
     versions,
     write_json,
 )
 from harness.registry import Registry
 from harness.resume import RunExistsError, check_same_config, record_rounds_asked, run_identity, suite_manifest
+from harness.scalars import TensorBoardLog, check_tensorboard, tensorboard_root
 from harness.seeds import derived_seed, deterministic_kernels
 from harness.summary import format_table, summary_table
 from harness.training import NonFiniteLossError, evaluate
@@ -139,10 +141,12 @@ class Run:
     """One (method entry, seed) of a suite."""
 
     def __init__(self, cfg: SuiteConfig, entry: MethodEntry, seed: int, data: DataBundle,
-                 device: torch.device, folder: Path, log: Log, estimator: Estimator, verbose: bool = False) -> None:
+                 device: torch.device, folder: Path, log: Log, estimator: Estimator, verbose: bool = False,
+                 tensorboard: Path | None = None) -> None:
         self.cfg, self.entry, self.seed, self.data, self.device = cfg, entry, seed, data, device
         self.log = RunLog(folder, log, verbose)  # its lines in run.log; per-round ones on the console if verbose
         self.writer = RunWriter(folder)
+        self.scalars = TensorBoardLog(tensorboard)
         self.fleet = build_fleet(cfg.fleet, seed)
         if cfg.clients_per_round > len(self.fleet):
             raise ConfigError(f"clients_per_round ({cfg.clients_per_round}) exceeds the fleet's "
@@ -187,6 +191,7 @@ class Run:
     def check(self, resume: bool) -> dict[str, Any] | None:
         """Before anything is written: whether this run may start or continue. Returns its
         checkpoint (None: a new run, or one killed before its first)."""
+        refuse_links(self.writer.folder)
         if not self.writer.has_records():
             return None
         if not resume:
@@ -234,6 +239,7 @@ class Run:
                 self.round(rnd, clock, clients)
         finally:
             clients.close()
+            self.scalars.close()
 
     def round(self, rnd: int, clock: Clock, clients: Clients) -> None:
         start = time.perf_counter()
@@ -288,6 +294,7 @@ class Run:
         record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
         record.update(device_time=device_round, stragglers=stragglers, failed=failed)
         self.writer.append_round(record, rows)
+        self.scalars.round(record)
         self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,
                                      "method": self.method.state_dict(), "measured": sorted(self.measured)})
         self.log_round(record)
@@ -391,11 +398,13 @@ def suite_estimator(cfg: SuiteConfig, data: DataBundle, device: torch.device,
 
 @dataclass(frozen=True)
 class RunJob:
-    """One run of a suite for an executor: its method entry, seed and folder."""
+    """One run of a suite for an executor: its method entry, seed and folder (and its TensorBoard
+    folder, when the suite asks for one)."""
 
     entry: MethodEntry
     seed: int
     folder: Path
+    tensorboard: Path | None = None
 
     @property
     def name(self) -> str:
@@ -427,7 +436,7 @@ def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bo
     """The suite's runs one after another in this process."""
     for job in jobs:
         Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, progress.write, shared.estimator,
-            shared.verbose).execute(resume)
+            shared.verbose, job.tensorboard).execute(resume)
         progress.run_done(f"[{job.name}] finished")
 
 
@@ -466,6 +475,7 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
                              "or choose another --out")
     executor = EXECUTORS[cfg.executor]
     check_ray(cfg, device)
+    check_tensorboard(cfg)
     data = load_data(cfg.data)
     runs = [(entry, seed, run_name(entry.label, seed)) for entry in cfg.methods for seed in cfg.seeds]
     estimator = suite_estimator(cfg, data, device)
@@ -486,7 +496,8 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
         log(f"suite {cfg.name!r}: {len(runs)} runs x {cfg.rounds} rounds on {device_name(device)}, "
             f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test), executor {cfg.executor} "
             f"-> {folder}")
-        jobs = [RunJob(entry, seed, (folder / name).resolve()) for entry, seed, name in runs]
+        events = tensorboard_root(cfg)
+        jobs = [RunJob(entry, seed, (folder / name).resolve(), events and events / name) for entry, seed, name in runs]
         progress = SuiteProgress([job.folder for job in jobs], cfg.rounds, log, bar)
         try:
             executor(cfg, jobs, Shared(data, device, estimator, verbose), resume, progress)

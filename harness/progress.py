@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from harness.records import open_append
+
 T = TypeVar("T")
 Log = Callable[[str], None]  # where a run or a command says something: print, a test's list
 RUN_LOG = "run.log"  # a run's progress lines, beside its records
@@ -29,7 +31,7 @@ class RunLog:
 
     def _append(self, line: str) -> None:
         if self.path.parent.is_dir():  # the run's folder exists once the run has started
-            with self.path.open("a") as f:
+            with open_append(self.path) as f:
                 f.write(line + "\n")
 
     def __call__(self, line: str) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -25,6 +26,33 @@ LOCK = ".lock"
 
 class RecordsError(RuntimeError):
     """Records that cannot be continued as they are (torn, missing, corrupt, or in use)."""
+
+
+# A suite folder is data that people share, so its files are never followed where they point: a
+# link planted in place of a record, a lock or a temporary file would make a write land on any file
+# the user can write. Files are opened with O_NOFOLLOW and temporary files created exclusively.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def refuse_links(folder: Path) -> None:
+    """A folder's entries must be its own files and folders, never symbolic links."""
+    links = sorted(p.name for p in folder.iterdir() if p.is_symlink()) if folder.is_dir() else []
+    if folder.is_symlink() or links:
+        what = folder if folder.is_symlink() else ", ".join(f"{folder / name}" for name in links)
+        raise RecordsError(f"{what}: a symbolic link in a suite folder; records are written to plain files "
+                           "only (a shared suite folder is data): remove it, or choose another --out")
+
+
+def open_new(path: Path, mode: str = "w") -> IO[Any]:
+    """``path`` created afresh for writing: whatever was there (a leftover temporary file, a planted
+    link) is removed, never followed."""
+    path.unlink(missing_ok=True)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644), mode)
+
+
+def open_append(path: Path) -> IO[str]:
+    """``path`` opened for appending, refused (ELOOP) if it is a link."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644), "a")
 
 
 class SuiteLock:
@@ -40,7 +68,8 @@ class SuiteLock:
     def __enter__(self) -> SuiteLock:
         import fcntl
 
-        self._file = self.path.open("a+")
+        refuse_links(self.path.parent)
+        self._file = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644), "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,8 +116,9 @@ def versions() -> dict[str, str]:
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    with open_new(tmp) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)  # a rename replaces a link at ``path`` itself, never its target
 
 
 def _rounds(numbers: list[int]) -> str:
@@ -150,7 +180,7 @@ class RunWriter:
         self._append(ROUNDS, [round_record])
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
-        with (self.folder / name).open("a") as f:
+        with open_append(self.folder / name) as f:
             for row in rows:
                 f.write(json.dumps(row, allow_nan=False) + "\n")
             f.flush()
@@ -158,15 +188,22 @@ class RunWriter:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        with open_new(tmp, "wb") as f:
+            torch.save(state, f)
         tmp.replace(self.checkpoint_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
             return None
         try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated or foreign file: pickle, zip and EOF errors alike
+            # tensors and plain containers only: a checkpoint is data, and a pickled object in a shared
+            # folder would otherwise run its code here
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise RecordsError(f"{self.checkpoint_path} holds more than tensors and plain containers (a suite "
+                               "folder is data: its objects are never unpickled); the run cannot be resumed: "
+                               "rerun it with another --out") from None
+        except Exception as err:  # a truncated or foreign file: zip and EOF errors alike
             raise RecordsError(f"{self.checkpoint_path} does not load ({type(err).__name__}: {err}); the run "
                                "cannot be resumed: rerun it with another --out") from None
         if not isinstance(state, dict) or "round" not in state:
@@ -199,7 +236,8 @@ class RunWriter:
             if path.exists():
                 keep = [r for r in read_jsonl(path) if r["round"] <= last_round]
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+                with open_new(tmp) as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in keep))
                 tmp.replace(path)
 
 

@@ -12,7 +12,7 @@ from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.records import RunWriter, git_commit, now, read_json_file, versions
 
 # may change between a run and its resume: how long, what beside it, and where it executes
-RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray", "report"}
+RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray", "report", "tensorboard"}
 # and within a part: which clients are measured (training computes the same values either way)
 RESUMABLE_FIELDS = {"measure": {"clients"}}
 

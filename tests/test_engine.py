@@ -454,3 +454,58 @@ def test_a_client_on_the_cpu_seeds_only_the_cpu_generator(monkeypatch):
     assert torch.equal(torch.rand(3), want) and calls == []
     seed_torch(7, torch.device("cuda"))
     assert calls == [7]
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files under ``folder``, read back as TensorBoard does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_each_rounds_scalars_as_its_records_say(tmp_path, quiet):
+    """Per run, one folder of event files whose scalars are the round records' values by round; a
+    resume that adds a round adds its scalars (and rewrites none); a value the round has not is left out."""
+    pytest.importorskip("tensorboard")
+    run_suite(tiny_suite(rounds=1, tensorboard=str(tmp_path / "tb")), tmp_path, log=quiet)
+    run_suite(tiny_suite(rounds=2, tensorboard=str(tmp_path / "tb")), tmp_path, resume=True, log=quiet)
+    rounds = read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")
+    scalars = tensorboard_scalars(tmp_path / "tb" / "tiny" / "fedavg-seed0")
+    assert [step for step, _ in scalars["accuracy/test"]] == [1, 2]
+    assert [step for step, _ in scalars["memory/peak_measured_MB"]] == [1]
+    for tag, of in (("accuracy/test", lambda r: r["accuracy"]), ("loss/test", lambda r: r["loss"]),
+                    ("memory/peak_measured_MB", lambda r: r["peak_tensor"] and r["peak_tensor"] / MB),
+                    ("time/device_total_s", lambda r: r["device_wall_time"]),
+                    ("participation/took_part", lambda r: r["participated"] / r["devices"]),
+                    ("communication/up_MB", lambda r: r["bytes_up"] / MB)):
+        assert scalars[tag] == [(r["round"], pytest.approx(of(r), rel=1e-6)) for r in rounds
+                                if of(r) is not None], tag  # round 2 measured no client: no measured peak
+    assert sorted(scalars) == sorted(["accuracy/test", "loss/test", "memory/peak_measured_MB",
+                                      "memory/peak_estimated_MB", "time/device_round_s", "time/device_total_s",
+                                      "time/host_round_s", "participation/took_part", "participation/offered",
+                                      "participation/eligible", "communication/up_MB", "communication/down_MB"])
+
+
+def test_tensorboard_without_its_package_is_one_line_before_anything_is_written(tmp_path, quiet, monkeypatch):
+    import harness.scalars
+
+    monkeypatch.setattr(harness.scalars, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package.*\[tensorboard\]"):
+        run_suite(tiny_suite(rounds=1, tensorboard=str(tmp_path / "tb")), tmp_path, log=quiet)
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "tb").exists()
+
+
+def test_tensorboard_tags_every_evaluated_model_and_leaves_out_what_a_round_has_not():
+    from harness.scalars import round_scalars
+
+    record = {"round": 3, "accuracy": None, "loss": None, "devices": 4, "participated": 2, "offered": 3, "eligible": 3,
+              "evals": {"full": {"accuracy": None, "loss": None}, "stage": {"accuracy": 0.5, "loss": 1.0}},
+              "peak_tensor": None, "peak_estimate": 3 * MB, "device_time": 2.0, "device_wall_time": 6.0,
+              "round_time": 0.5, "bytes_up": MB, "bytes_down": 2 * MB}
+    assert round_scalars(record) == {
+        "accuracy/stage": 0.5, "memory/peak_estimated_MB": 3.0, "time/device_round_s": 2.0,
+        "time/device_total_s": 6.0, "time/host_round_s": 0.5, "participation/took_part": 0.5,
+        "participation/offered": 0.75, "participation/eligible": 0.75, "communication/up_MB": 1.0,
+        "communication/down_MB": 2.0}

@@ -586,3 +586,64 @@ def test_a_model_too_deep_for_the_images_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "killme").exists()
     assert main(["memory", "vgg11", "--input", "1,28,28"]) == 2
     assert "give a larger --input" in capsys.readouterr().err
+
+
+# ---- a shared suite folder is data, never code -------------------------------------------------
+
+class Planted:
+    """What a hostile checkpoint holds: an object whose unpickling runs code (here: writes a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_checkpoint_holding_an_object_is_refused_and_never_unpickled(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    checkpoint = tmp_path / "tiny" / "fedavg-seed0" / CHECKPOINT
+    state = torch.load(checkpoint, weights_only=True)
+    marker = tmp_path / "marker"
+    torch.save({**state, "method": {"model": state["method"]["model"], "x": Planted(marker)}}, checkpoint)
+    with pytest.raises(RecordsError, match=r"more than tensors and plain containers .*data"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("planted", [".lock", "fedavg-seed0/.lock", "fedavg-seed0/checkpoint.tmp",
+                                     "fedavg-seed0/rounds.jsonl", "fedavg-seed0/run.log", "suite.json.tmp"])
+def test_a_link_planted_in_a_suite_folder_is_refused_and_its_target_untouched(tmp_path, quiet, planted):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = tmp_path / "tiny" / planted
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    with pytest.raises(RecordsError, match=f"{link.name}: a symbolic link in a suite folder"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_run_folder_that_is_a_link_is_refused(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    run.rename(tmp_path / "elsewhere")
+    run.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RecordsError, match="fedavg-seed0: a symbolic link in a suite folder"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(tmp_path / "elsewhere" / "rounds.jsonl")) == 1
+
+
+def test_temporary_files_are_created_afresh_never_through_a_link(tmp_path):
+    from harness.records import open_new, write_json
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "out.json.tmp").symlink_to(victim)
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert victim.read_text() == "precious\n" and json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+    (tmp_path / "x.tmp").symlink_to(victim)
+    with open_new(tmp_path / "x.tmp") as f:
+        f.write("new")
+    assert victim.read_text() == "precious\n" and not (tmp_path / "x.tmp").is_symlink()
