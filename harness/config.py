@@ -99,7 +99,9 @@ class RayConfig:
     or client executed, only on its torch threads (``num_cpus``): other thread counts sum in another
     order, so they differ in the last bits and, over many rounds, within the seed spread."""
 
-    address: str = ""  # "": RAY_ADDRESS's or a local `ray start` cluster, else a new Ray here; "auto" or HOST:PORT
+    # "": RAY_ADDRESS's or a local `ray start` cluster, else a new Ray here; "auto" or HOST:PORT. From the
+    # command line only (--set ray.address=...): a suite file that names a cluster is refused.
+    address: str = ""
     num_cpus: float = 1.0  # CPUs reserved for each run (its torch threads: at least one)
     num_gpus: float = 0.0  # share of a GPU for each run: 0.25 puts four runs on one GPU
     client_workers: int = 0  # > 0: each run trains a round's clients on this many worker actors
@@ -259,6 +261,11 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> SuiteConfig:
         raise ConfigError(f"cannot read the suite file {path}: {getattr(err, 'strerror', None) or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    ray = raw.get("ray")
+    if isinstance(ray, dict) and ray.get("address"):
+        raise ConfigError(f"{path}: ray.address may not be set in a suite file (a shared file would join the "
+                          "cluster it names and take that cluster's results into this process); give it on the "
+                          "command line, --set ray.address=ADDR, or in RAY_ADDRESS")
     for assignment in overrides:
         apply_override(raw, assignment)
     return suite_from_dict(raw)

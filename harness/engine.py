@@ -197,7 +197,7 @@ class Run:
         if not resume:
             raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
                                  "continue it, or choose another --out")
-        check_same_config(self.writer, self.cfg, run_identity(self.cfg, self.params),
+        check_same_config(self.writer, self.cfg, run_identity(self.cfg, self.entry.method, self.params),
                           {"fleet": [d.to_record() for d in self.fleet],
                            "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes)})
         checkpoint = self.writer.load_checkpoint()

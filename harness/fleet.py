@@ -106,6 +106,7 @@ def lognormal(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
 
 
 TRACE_COLUMNS = "device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]"
+TRACE_NAMES = ("device_id", "memory_mb", "gflops", "up_mbps", "down_mbps")
 
 
 def _is_number(text: str) -> bool:
@@ -134,12 +135,19 @@ def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
                                   f"relative speed; columns: {TRACE_COLUMNS}")
             if not row or row[0].strip().startswith("#") or (line_no == 1 and not _is_number(row[0])):
                 continue  # a comment, or the header line
-            try:
-                gflops, up, down = (float(v) if v.strip() else d for v, d in zip(row[2:] + [""] * 3, defaults))
-                device = Device(int(row[0]), int(float(row[1]) * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
-            except (ValueError, IndexError):
-                raise ConfigError(f"fleet.trace: {path}:{line_no}: expected {TRACE_COLUMNS}, "
-                                  f"got {','.join(row)!r}") from None
+            if len(row) < 2:
+                raise ConfigError(f"fleet.trace: {path}:{line_no}: {len(row)} column(s); expected {TRACE_COLUMNS}")
+            cells = [row[0], row[1], *(v if v.strip() else d for v, d in zip(row[2:] + [""] * 3, defaults))]
+            values = []
+            for column, (name, parse, cell) in enumerate(zip(TRACE_NAMES, (int, float, float, float, float), cells)):
+                try:
+                    values.append(parse(cell))
+                except ValueError:  # which column, never what it holds (a trace may be any readable file)
+                    raise ConfigError(f"fleet.trace: {path}:{line_no}: column {column + 1} ({name}) is not "
+                                      f"{'an integer' if column == 0 else 'a number'}; columns: {TRACE_COLUMNS}") \
+                        from None
+            ident, memory, gflops, up, down = values
+            device = Device(ident, int(memory * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
             if device.id < 0 or min(device.budget, device.flops, device.up, device.down) <= 0:
                 raise ConfigError(f"fleet.trace: {path}:{line_no}: device ids must be >= 0 and memory and "
                                   "speeds positive")

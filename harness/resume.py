@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
-from harness.records import RunWriter, git_commit, now, read_json_file, versions
+from harness.records import MANIFEST, RecordsError, RunWriter, git_commit, now, read_json_file, versions
 
 # may change between a run and its resume: how long, what beside it, and where it executes
 RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray", "report", "tensorboard"}
@@ -39,25 +39,31 @@ def without_resumable(config: dict[str, Any]) -> dict[str, Any]:
             for part, values in config.items() if part not in RESUMABLE_KEYS}
 
 
-def run_identity(cfg: SuiteConfig, params: Any) -> dict[str, dict[str, Any]]:
-    """What a run's resume must share with its records: the config but its resumable keys, and the
-    method's parameters."""
-    return {"config": without_resumable(to_dict(cfg)), "method_params": dataclasses.asdict(params)}
+def run_identity(cfg: SuiteConfig, method: str, params: Any) -> dict[str, Any]:
+    """What a run's resume must share with its records: the method (two methods may share a
+    parameter class), the config but its resumable keys, and the method's parameters."""
+    return {"method": method, "config": without_resumable(to_dict(cfg)), "method_params": dataclasses.asdict(params)}
 
 
-def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, dict[str, Any]],
+def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, Any],
                       built: dict[str, list[dict[str, Any]]]) -> None:
     """Resuming with another config would mix two experiments in one set of records. More rounds
     (unless the lr follows a schedule over the rounds), and other seeds or methods beside this
     run, are allowed: they leave this run's past intact. ``identity`` is the run's ``run_identity``;
     ``built``, the fleet and partition report its config gives now."""
     recorded = writer.read_manifest()
+    if not recorded:
+        raise RecordsError(f"cannot resume {writer.folder}: its {MANIFEST} is missing, so its records cannot be "
+                           "matched to a config; rerun it with another --out")
+    if recorded.get("method") != identity["method"]:
+        raise ConfigError(f"cannot resume {writer.folder}: its records were made by method "
+                          f"{recorded.get('method')!r} and its label now names {identity['method']!r}; give the "
+                          "label its method back, or the new method a new label")
     recorded["config"] = with_added_keys(recorded.get("config", {}))
     recorded_identity = {"config": without_resumable(recorded["config"]),
                          "method_params": recorded.get("method_params", {})}
-    current = json.loads(json.dumps(identity))
-    for part, values in current.items():
-        old = recorded_identity[part]
+    for part, old in recorded_identity.items():
+        values = json.loads(json.dumps(identity[part]))
         if old != values:
             keys = sorted(k for k in values.keys() | old.keys() if old.get(k) != values.get(k))
             raise ConfigError(f"cannot resume {writer.folder}: its records were made with another "

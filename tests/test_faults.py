@@ -647,3 +647,31 @@ def test_temporary_files_are_created_afresh_never_through_a_link(tmp_path):
     with open_new(tmp_path / "x.tmp") as f:
         f.write("new")
     assert victim.read_text() == "precious\n" and not (tmp_path / "x.tmp").is_symlink()
+
+
+def test_a_label_that_names_another_method_is_not_resumed(tmp_path, quiet):
+    """fedavg and exclusive share a parameter class: the method name is part of the run's identity."""
+    run_suite(tiny_suite(rounds=1, methods=[{"method": "fedavg", "label": "x"}]), tmp_path, log=quiet)
+    with pytest.raises(ConfigError, match="made by method 'fedavg' and its label now names 'exclusive'"):
+        run_suite(tiny_suite(rounds=2, methods=[{"method": "exclusive", "label": "x"}]), tmp_path, resume=True,
+                  log=quiet)
+    assert len(read_jsonl(tmp_path / "tiny" / "x-seed0" / "rounds.jsonl")) == 1
+
+
+def test_a_deleted_manifest_is_named_as_such(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    (tmp_path / "tiny" / "fedavg-seed0" / "manifest.json").unlink()
+    with pytest.raises(RecordsError, match=r"its manifest\.json is missing"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+
+
+def test_a_suite_file_may_not_name_a_ray_cluster(tmp_path):
+    """A shared suite file would join the cluster it names; the command line may."""
+    from harness.config import load_suite
+
+    path = tmp_path / "s.toml"
+    write_toml(path, rounds=1)
+    assert load_suite(path, ["ray.address=auto"]).ray.address == "auto"
+    path.write_text(path.read_text() + '\n[ray]\naddress = "evil.example:6379"\n')
+    with pytest.raises(ConfigError, match=r"ray.address may not be set in a suite file .*--set ray.address=ADDR"):
+        load_suite(path)

@@ -60,7 +60,10 @@ def test_speeds_are_drawn_per_device_without_moving_the_budgets():
 
 
 @pytest.mark.parametrize(("text", "match"), [
-    ("1,abc\n", "expected device_id,memory_mb"),
+    ("1,abc\n", r"fleet.csv:1: column 2 \(memory_mb\) is not a number; columns: device_id,memory_mb"),
+    ("1,5\nx1,5\n", r"fleet.csv:2: column 1 \(device_id\) is not an integer"),
+    ("1,5\n2,5,fast\n", r"fleet.csv:2: column 3 \(gflops\) is not a number"),
+    ("1,5\n7\n", r"fleet.csv:2: 1 column\(s\); expected device_id,memory_mb"),
     ("1,-5\n", "speeds positive"),
     ("1,5,-2\n", "speeds positive"),
     ("device_id,memory_mb,speed\n1,5,1.0\n", "now gflops"),
@@ -72,6 +75,17 @@ def test_bad_traces(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         build_fleet(FleetConfig(distribution="trace", trace=str(path)), 0)
+
+
+def test_a_trace_error_never_quotes_what_the_file_holds(tmp_path):
+    """A trace may name any readable file (``fleet.trace = "/etc/passwd"``): the error names the line and
+    the column, never their contents."""
+    path = tmp_path / "secrets"
+    path.write_text("user:hash-of-line-one\nroot:x:0:0:secret-two,/root:/bin/sh\n")
+    with pytest.raises(ConfigError) as err:
+        build_fleet(FleetConfig(distribution="trace", trace=str(path)), 0)
+    assert str(err.value) == (f"fleet.trace: {path}:2: column 1 (device_id) is not an integer; columns: "
+                              "device_id,memory_mb[,gflops[,up_mbps[,down_mbps]]]")
 
 
 def test_missing_trace_file(tmp_path):
