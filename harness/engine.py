@@ -374,7 +374,7 @@ class Run:
 
 
 def suite_folder(cfg: SuiteConfig, out: str | Path | None) -> Path:
-    return Path(out or cfg.out) / cfg.name
+    return Path(out or cfg.out).expanduser() / cfg.name  # "~/runs" as every other path key reads it
 
 
 def suite_model_spec(cfg: SuiteConfig, data: DataBundle) -> ModelSpec:

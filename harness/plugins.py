@@ -25,6 +25,8 @@ def load_plugins() -> None:
             continue
         try:
             importlib.import_module(name)
-        except Exception as err:  # whatever the module raises: one line naming it
+        except (Exception, SystemExit) as err:  # whatever the module raises (even an exit): one line naming it
             source = "FL_HARNESS_PLUGINS" if name in extra else "built-in methods"
-            raise PluginError(f"{source}: cannot import {name!r}: {type(err).__name__}: {err}") from None
+            what = f"it called sys.exit({err.code!r})" if isinstance(err, SystemExit) else \
+                f"{type(err).__name__}: {err}"
+            raise PluginError(f"{source}: cannot import {name!r}: {what}") from None

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
+from harness.config import SAFE_NAME, ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.records import MANIFEST, RecordsError, RunWriter, git_commit, now, read_json_file, versions
 
 # may change between a run and its resume: how long, what beside it, and where it executes
@@ -104,7 +104,9 @@ def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry,
     earlier = read_json_file(folder / "suite.json") if resume else {}
     if earlier:
         dirs = {r["dir"] for r in listed}
-        listed = [r for r in earlier.get("runs", []) if r.get("dir") not in dirs] + listed
+        kept = [r for r in earlier.get("runs", []) if isinstance(r, dict) and isinstance(r.get("dir"), str)
+                and SAFE_NAME.fullmatch(r["dir"])]  # a run is a folder of this suite, never a path out of it
+        listed = [r for r in kept if r["dir"] not in dirs] + listed
         old = earlier.get("config", {})
         config["seeds"] = sorted({*old.get("seeds", []), *config["seeds"]})
         labels = {m["label"] for m in config["methods"]}

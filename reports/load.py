@@ -137,15 +137,24 @@ def _identity(folder: Path) -> dict[str, Any] | None:
     return {**{k: found[k] for k in RUN_KEYS}, "dir": folder.name} if found else None
 
 
+def _own_folder(name: object) -> bool:
+    """A run's ``dir`` names a folder of the suite itself: one path component, not "." or ".."."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
 def _listed_runs(path: Path, info: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
     """The runs suite.json lists, or, without it, every sub-folder that holds records."""
     keys = (*RUN_KEYS, "dir")
     listed = [r for r in info.get("runs", []) if isinstance(r, dict) and all(k in r for k in keys)]
+    inside = [r for r in listed if _own_folder(r["dir"])]
+    if len(inside) < len(listed):
+        notes.append(f"suite.json: {len(listed) - len(inside)} run(s) point outside the suite folder; ignored")
+        listed = inside
     if listed:
         return [{k: r[k] for k in keys} for r in listed]
     if info:
         notes.append("suite.json lists no runs; using the run folders found")
-    found = (_identity(folder) for folder in sorted(p for p in path.iterdir() if p.is_dir()))
+    found = (_identity(folder) for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()))
     return [run for run in found if run]
 
 
@@ -173,6 +182,9 @@ def load_suite(path: str | Path) -> Suite:
         run = {**run, "suite": suite_name, "family": "other"}
         runs.append(run)
         folder, name = path / run["dir"], f"{run['label']} seed {run['seed']}"
+        if folder.is_symlink():  # records found inside the suite folder only
+            notes.append(f"{name}: its run folder {run['dir']!r} is a link; ignored")
+            continue
         if not folder.is_dir():
             notes.append(f"{name}: no run folder {run['dir']!r} (not started?)")
             continue

@@ -501,11 +501,13 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_help_still_works(tmp_path
     (tmp_path / "twice_plugin.py").write_text(
         "from harness.methods import register_method\nfrom baselines.fedavg import FedAvg\n"
         "register_method('fedavg')(type('Again', (FedAvg,), {}))\n")
+    (tmp_path / "exit_plugin.py").write_text("import sys\nsys.exit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SystemExit) as exit_help:
         main(["--help"])
     assert exit_help.value.code == 0
-    for plugin, message in (("bad_plugin", "broken on purpose"), ("twice_plugin", "registered twice")):
+    for plugin, message in (("bad_plugin", "broken on purpose"), ("twice_plugin", "registered twice"),
+                            ("exit_plugin", "it called sys.exit(0)")):  # not a run that did nothing and exited 0
         monkeypatch.setenv("FL_HARNESS_PLUGINS", plugin)
         monkeypatch.setattr(METHODS, "_load", load_plugins)  # as in a fresh process
         capsys.readouterr()
@@ -675,3 +677,20 @@ def test_a_suite_file_may_not_name_a_ray_cluster(tmp_path):
     path.write_text(path.read_text() + '\n[ray]\naddress = "evil.example:6379"\n')
     with pytest.raises(ConfigError, match=r"ray.address may not be set in a suite file .*--set ray.address=ADDR"):
         load_suite(path)
+
+
+def test_a_resume_drops_a_suite_json_entry_that_points_outside_the_suite(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    path = tmp_path / "tiny" / "suite.json"
+    info = json.loads(path.read_text())
+    info["runs"].append({"label": "x", "method": "fedavg", "seed": 0, "dir": "../../other/tiny/x-seed0"})
+    path.write_text(json.dumps(info))
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert [r["dir"] for r in json.loads(path.read_text())["runs"]] == ["fedavg-seed0"]
+
+
+def test_an_out_folder_under_home_is_expanded(tmp_path, quiet, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    run_suite(tiny_suite(rounds=1, out="~/runs"), log=quiet)
+    assert (tmp_path / "home" / "runs" / "tiny" / "suite.json").is_file() and not (tmp_path / "~").exists()

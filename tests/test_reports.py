@@ -1036,3 +1036,21 @@ def test_the_fleet_that_fits_is_what_the_gate_held_against_the_budget():
                             "estimate.peak": [8, 8, 12], "need": [9, 11, None]})
     assert fits_per_round(clients)["fits"].tolist() == [1 / 3]
     assert fits_per_round(clients.drop(columns="need"))["fits"].tolist() == [2 / 3]
+
+
+def test_runs_are_found_inside_the_suite_folder_only(tmp_path):
+    """suite.json's ``dir`` naming another suite's run, or a run folder that is a link, reads nothing
+    from outside; a note says so."""
+    other = write_suite(tmp_path / "other", labels=("heterofl",), seeds=(0,))
+    folder = write_suite(tmp_path / "mine", labels=("fedavg",), seeds=(0,))
+    info = json.loads((folder / "suite.json").read_text())
+    info["runs"].append({"label": "heterofl", "method": "heterofl", "seed": 0,
+                         "dir": "../../other/synthetic/heterofl-seed0"})
+    (folder / "suite.json").write_text(json.dumps(info))
+    suite = load_suite(folder)
+    assert suite.labels == ["fedavg"]
+    assert "suite.json: 1 run(s) point outside the suite folder; ignored" in suite.notes
+    shutil.rmtree(folder / "fedavg-seed0")
+    (folder / "fedavg-seed0").symlink_to(other / "heterofl-seed0")
+    suite = load_suite(folder)
+    assert suite.rounds.empty and "fedavg seed 0: its run folder 'fedavg-seed0' is a link; ignored" in suite.notes
