@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     flags = [f"{key}={value}" for key, value in (("executor", args.executor), ("tensorboard", args.tensorboard))
              if value is not None]
     cfg = load_suite(args.suite, [*(args.set or []), *flags])
-    folder = run_suite(cfg, args.out, args.resume, verbose=args.verbose)
+    folder = run_suite(cfg, args.out, args.resume, verbose=args.verbose, allow_code_change=args.allow_code_change)
     print(f"records: {folder}")
     print(f"report:  python -m reports {folder}")
     return 0
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print every run's per-round lines (always written to each run's run.log)")
     run.add_argument("--executor", choices=EXECUTORS.names(),
                      help="where the runs execute (default: the suite's 'executor'); ray: docs/ray.md")
+    run.add_argument("--allow-code-change", action="store_true",
+                     help="with --resume: continue runs whose records other code made (refused otherwise); each "
+                          "run's manifest records which code made which rounds")
     run.add_argument("--tensorboard", metavar="DIR",
                      help="also write per-round scalars as TensorBoard event files under DIR/<suite>/<run> "
                           "(default: the suite's 'tensorboard'; needs the tensorboard extra)")

@@ -39,6 +39,7 @@ from harness.records import (
     RecordsError,
     RunWriter,
     SuiteLock,
+    code_identity,
     device_name,
     git_commit,
     now,
@@ -47,7 +48,15 @@ from harness.records import (
     write_json,
 )
 from harness.registry import Registry
-from harness.resume import RunExistsError, check_same_config, record_rounds_asked, run_identity, suite_manifest
+from harness.resume import (
+    RunExistsError,
+    check_same_config,
+    code_changed,
+    record_code_change,
+    record_rounds_asked,
+    run_identity,
+    suite_manifest,
+)
 from harness.scalars import TensorBoardLog, check_tensorboard, tensorboard_root
 from harness.seeds import derived_seed, deterministic_kernels
 from harness.summary import format_table, summary_table
@@ -142,11 +151,12 @@ class Run:
 
     def __init__(self, cfg: SuiteConfig, entry: MethodEntry, seed: int, data: DataBundle,
                  device: torch.device, folder: Path, log: Log, estimator: Estimator, verbose: bool = False,
-                 tensorboard: Path | None = None) -> None:
+                 tensorboard: Path | None = None, allow_code_change: bool = False) -> None:
         self.cfg, self.entry, self.seed, self.data, self.device = cfg, entry, seed, data, device
         self.log = RunLog(folder, log, verbose)  # its lines in run.log; per-round ones on the console if verbose
         self.writer = RunWriter(folder)
         self.scalars = TensorBoardLog(tensorboard)
+        self.allow_code_change = allow_code_change  # a resume may continue with other code (both recorded)
         self.fleet = build_fleet(cfg.fleet, seed)
         if cfg.clients_per_round > len(self.fleet):
             raise ConfigError(f"clients_per_round ({cfg.clients_per_round}) exceeds the fleet's "
@@ -178,9 +188,10 @@ class Run:
             "method_params": dataclasses.asdict(self.params), "chance_cause": self.method.chance_cause,
             "family": self.method.family,
             "config": to_dict(self.cfg),
-            "versions": versions(), "git_commit": git_commit(), "started": now(),
+            "versions": versions(), "git_commit": git_commit(), "code": code_identity(), "started": now(),
             "device": device_name(self.device),
-            "data": {"name": self.data.name, "train": len(self.data.train_y), "test": len(self.data.test_y),
+            "data": {"name": self.data.name, "content": self.data.content_key,
+                     "train": len(self.data.train_y), "test": len(self.data.test_y),
                      "num_classes": self.data.num_classes, "input_shape": list(self.ctx.input_shape)},
             "model": {"name": self.cfg.model.name, "width": self.cfg.model.width,
                       "parameters": sum(p.numel() for p in model.parameters())},
@@ -197,7 +208,8 @@ class Run:
         if not resume:
             raise RunExistsError(f"{self.writer.folder} already holds records; pass --resume to "
                                  "continue it, or choose another --out")
-        check_same_config(self.writer, self.cfg, run_identity(self.cfg, self.entry.method, self.params),
+        identity = run_identity(self.cfg, self.entry.method, self.params, self.data.content_key)
+        check_same_config(self.writer, self.cfg, identity,
                           {"fleet": [d.to_record() for d in self.fleet],
                            "partition": partition_report(self.data.train_y, self.parts, self.data.num_classes)})
         checkpoint = self.writer.load_checkpoint()
@@ -206,6 +218,8 @@ class Run:
             raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: it has {done} "
                               "rounds recorded; a resume may add rounds, never drop them")
         self.writer.check_whole(done, len(self.fleet))
+        if done < self.cfg.rounds:  # rounds to make: by the code that made the others, unless allowed
+            code_changed(self.writer, self.allow_code_change)
         return checkpoint
 
     def execute(self, resume: bool) -> None:
@@ -230,6 +244,9 @@ class Run:
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
                 record_rounds_asked(self.writer, self.cfg.rounds)
+                if code_changed(self.writer, allow=True):  # allowed, or check() had refused it
+                    record_code_change(self.writer, done)
+                    self.log(f"{self.tag} continues with other code (--allow-code-change): both recorded")
         if first > self.cfg.rounds:
             return
         clients = client_trainer(self.cfg, self.data, self.device, self.log)
@@ -405,6 +422,7 @@ class RunJob:
     seed: int
     folder: Path
     tensorboard: Path | None = None
+    allow_code_change: bool = False
 
     @property
     def name(self) -> str:
@@ -436,7 +454,7 @@ def run_locally(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bo
     """The suite's runs one after another in this process."""
     for job in jobs:
         Run(cfg, job.entry, job.seed, shared.data, shared.device, job.folder, progress.write, shared.estimator,
-            shared.verbose, job.tensorboard).execute(resume)
+            shared.verbose, job.tensorboard, job.allow_code_change).execute(resume)
         progress.run_done(f"[{job.name}] finished")
 
 
@@ -458,7 +476,7 @@ def check_ray(cfg: SuiteConfig, device: torch.device) -> None:
 
 
 def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = False,
-              log: Log = print, verbose: bool = False, bar: bool = True) -> Path:
+              log: Log = print, verbose: bool = False, bar: bool = True, allow_code_change: bool = False) -> Path:
     """Run every (method, seed) of the suite into ``<out>/<suite name>/``; returns that folder.
 
     Every run is built (data, fleet, partition, method) and, on resume, checked against its records
@@ -466,7 +484,8 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
     trace; one process at a time writes the folder. The suite's executor runs them (``local``: one
     after another here; ``ray``: as Ray tasks, docs/ray.md). ``log`` gets the suite's lines; a
     progress bar (on a terminal, with ``bar``) counts rounds and runs; ``verbose`` adds every run's
-    per-round lines."""
+    per-round lines. A resume by other code than made a run's records is refused unless
+    ``allow_code_change`` (the manifest then records which code made which rounds)."""
     folder = suite_folder(cfg, out)
     device = resolve_device(cfg.device)
     deterministic_kernels()
@@ -487,7 +506,8 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
     with SuiteLock(folder):  # a refused process removes nothing: the folder is the holder's
         try:
             for entry, seed, name in runs:  # everything that can be refused is refused here
-                Run(cfg, entry, seed, data, device, folder / name, log, estimator).check(resume)
+                Run(cfg, entry, seed, data, device, folder / name, log, estimator,
+                    allow_code_change=allow_code_change).check(resume)
             write_json(folder / "suite.json", suite_manifest(cfg, folder, runs, resume))
         except BaseException:
             if created:  # refused (or interrupted) before a record: leave nothing
@@ -497,7 +517,8 @@ def run_suite(cfg: SuiteConfig, out: str | Path | None = None, resume: bool = Fa
             f"data {data.name} ({len(data.train_y)} train / {len(data.test_y)} test), executor {cfg.executor} "
             f"-> {folder}")
         events = tensorboard_root(cfg)
-        jobs = [RunJob(entry, seed, (folder / name).resolve(), events and events / name) for entry, seed, name in runs]
+        jobs = [RunJob(entry, seed, (folder / name).resolve(), events and events / name, allow_code_change)
+                for entry, seed, name in runs]
         progress = SuiteProgress([job.folder for job in jobs], cfg.rounds, log, bar)
         try:
             executor(cfg, jobs, Shared(data, device, estimator, verbose), resume, progress)

@@ -18,8 +18,13 @@ class PluginError(RuntimeError):
     """A method module that does not import (or registers a name twice)."""
 
 
+def plugin_names() -> list[str]:
+    """The modules named in ``FL_HARNESS_PLUGINS``."""
+    return [m.strip() for m in os.environ.get("FL_HARNESS_PLUGINS", "").split(",") if m.strip()]
+
+
 def load_plugins() -> None:
-    extra = [m.strip() for m in os.environ.get("FL_HARNESS_PLUGINS", "").split(",") if m.strip()]
+    extra = plugin_names()
     for name in (*BUILTIN, *extra):
         if name in BUILTIN and importlib.util.find_spec(name) is None:
             continue

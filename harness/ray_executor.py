@@ -121,7 +121,8 @@ def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.d
     use_threads(cfg.ray.num_cpus)
     deterministic_kernels()
     estimator = suite_estimator(cfg, data, device, BoardStore(board))
-    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator, verbose, job.tensorboard).execute(True)
+    Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator, verbose, job.tensorboard,
+        job.allow_code_change).execute(True)
 
 
 def _print(line: str) -> None:

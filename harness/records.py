@@ -7,6 +7,9 @@ last, then the checkpoint is replaced atomically. On resume, lines of rounds aft
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -103,6 +106,33 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def source_files() -> list[tuple[str, Path]]:
+    """The Python files of the code that makes records (the harness, the built-in methods, the
+    ``FL_HARNESS_PLUGINS`` modules), each with a name that does not depend on where it is installed."""
+    from harness.plugins import BUILTIN, plugin_names
+
+    files = []
+    for name in ("harness", *BUILTIN, *plugin_names()):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue
+        for location in spec.submodule_search_locations or []:  # a package: every module under it
+            files += [(f"{name}/{p.relative_to(location)}", p) for p in Path(location).rglob("*.py")]
+        if not spec.submodule_search_locations and spec.origin:
+            files.append((name, Path(spec.origin)))
+    return sorted(files)
+
+
+@functools.cache
+def code_identity() -> dict[str, str | None]:
+    """Which code writes a run: its commit and a hash of its source files, so that an uncommitted
+    edit (which the commit does not show) tells as well; computed once per process."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, path in source_files():
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"commit": git_commit(), "source": digest.hexdigest()}
 
 
 def versions() -> dict[str, str]:

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import SAFE_NAME, ConfigError, MethodEntry, SuiteConfig, to_dict
-from harness.records import MANIFEST, RecordsError, RunWriter, git_commit, now, read_json_file, versions
+from harness.records import (
+    MANIFEST,
+    RecordsError,
+    RunWriter,
+    code_identity,
+    git_commit,
+    now,
+    read_json_file,
+    versions,
+)
 
 # may change between a run and its resume: how long, what beside it, and where it executes
 RESUMABLE_KEYS = {"rounds", "seeds", "methods", "out", "eval_every", "executor", "ray", "report", "tensorboard"}
@@ -39,10 +48,12 @@ def without_resumable(config: dict[str, Any]) -> dict[str, Any]:
             for part, values in config.items() if part not in RESUMABLE_KEYS}
 
 
-def run_identity(cfg: SuiteConfig, method: str, params: Any) -> dict[str, Any]:
+def run_identity(cfg: SuiteConfig, method: str, params: Any, data: str) -> dict[str, Any]:
     """What a run's resume must share with its records: the method (two methods may share a
-    parameter class), the config but its resumable keys, and the method's parameters."""
-    return {"method": method, "config": without_resumable(to_dict(cfg)), "method_params": dataclasses.asdict(params)}
+    parameter class), the data's content key, the config but its resumable keys, and the method's
+    parameters."""
+    return {"method": method, "data": data, "config": without_resumable(to_dict(cfg)),
+            "method_params": dataclasses.asdict(params)}
 
 
 def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, Any],
@@ -59,6 +70,11 @@ def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, A
         raise ConfigError(f"cannot resume {writer.folder}: its records were made by method "
                           f"{recorded.get('method')!r} and its label now names {identity['method']!r}; give the "
                           "label its method back, or the new method a new label")
+    recorded_data = recorded.get("data", {}).get("content")  # records from before it was recorded: not checked
+    if recorded_data not in (None, identity["data"]):
+        raise ConfigError(f"cannot resume {writer.folder}: its records were made on other data (content "
+                          f"{recorded_data}, now {identity['data']}): the data set changed under an unchanged "
+                          "suite (files rewritten in place?); rerun it with another --out")
     recorded["config"] = with_added_keys(recorded.get("config", {}))
     recorded_identity = {"config": without_resumable(recorded["config"]),
                          "method_params": recorded.get("method_params", {})}
@@ -84,6 +100,31 @@ def check_same_config(writer: RunWriter, cfg: SuiteConfig, identity: dict[str, A
             raise ConfigError(f"cannot resume {writer.folder}: this config now gives another {part} than "
                               "the one its records were made with (an edited trace file, or a harness "
                               "version that partitions differently); rerun it with another --out")
+
+
+def code_changed(writer: RunWriter, allow: bool) -> bool:
+    """Whether the code that resumes a run differs from the code that wrote its last rounds (records
+    from before code was recorded: not checked). A change is refused unless ``allow``: one run's
+    rounds made by two programs mix two experiments (an edit that keeps shapes would resume silently)."""
+    recorded, now_code = writer.read_manifest().get("code"), code_identity()
+    if not recorded or recorded.get("source") == now_code["source"]:
+        return False
+    if not allow:
+        same_commit = recorded.get("commit") == now_code["commit"]
+        raise ConfigError(f"cannot resume {writer.folder}: its records were made by other code (commit "
+                          f"{recorded.get('commit') or 'unknown'}, now {now_code['commit'] or 'unknown'}"
+                          + (", with uncommitted edits on one side" if same_commit else "") +
+                          "); rerun it with another --out, or pass --allow-code-change to continue it with this "
+                          "code (the manifest then records both)")
+    return True
+
+
+def record_code_change(writer: RunWriter, after_round: int) -> None:
+    """A resume allowed to change code: the manifest keeps which code made which rounds."""
+    manifest = writer.read_manifest()
+    history = manifest.get("code_history", [])
+    history.append({**manifest["code"], "rounds_up_to": after_round})
+    writer.write_manifest({**manifest, "code": code_identity(), "code_history": history})
 
 
 def record_rounds_asked(writer: RunWriter, rounds: int) -> None:
@@ -112,5 +153,7 @@ def suite_manifest(cfg: SuiteConfig, folder: Path, runs: list[tuple[MethodEntry,
         labels = {m["label"] for m in config["methods"]}
         config["methods"] = [m for m in old.get("methods", []) if m.get("label") not in labels] + config["methods"]
         config["rounds"] = max(old.get("rounds", 0), config["rounds"])
+    commits = [c for c in (*earlier.get("git_commits", [earlier.get("git_commit")]), git_commit()) if c]
     return {"suite": cfg.name, "config": config, "versions": versions(), "git_commit": git_commit(),
+            "git_commits": list(dict.fromkeys(commits)),  # every commit that ran the suite, oldest first
             "started": earlier.get("started", now()), "runs": listed}

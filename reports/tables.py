@@ -351,8 +351,13 @@ def methods_table(suite: Suite) -> pd.DataFrame:
 def _provenance(name: str, path: str, info: dict[str, Any], manifests: list[dict[str, Any]]) -> list[tuple]:
     manifest = next((m for m in manifests if m), {})
     source = info or manifest
+    codes = [c for m in manifests for c in (*m.get("code_history", []), m.get("code")) if isinstance(c, dict)]
+    commits = [*(info.get("git_commits") or [source.get("git_commit")]), *(c.get("commit") for c in codes)]
+    sources = list(dict.fromkeys(c.get("source") for c in codes if c.get("source")))
     rows = [("suite", name), ("records", path), ("started", source.get("started")),
-            ("git commit", source.get("git_commit"))]
+            ("git commit", ", ".join(dict.fromkeys(c for c in commits if c)) or None)]
+    if len(sources) > 1:  # a run continued by other code (--allow-code-change), or runs by several
+        rows.append(("source versions", f"{len(sources)} ({', '.join(sources)}): the records mix code versions"))
     rows += [(key, version) for key, version in (source.get("versions") or {}).items()]
     devices = sorted({m.get("device") for m in manifests if m.get("device")})
     rows.append(("device", ", ".join(devices) or None))

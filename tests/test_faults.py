@@ -694,3 +694,60 @@ def test_an_out_folder_under_home_is_expanded(tmp_path, quiet, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_suite(tiny_suite(rounds=1, out="~/runs"), log=quiet)
     assert (tmp_path / "home" / "runs" / "tiny" / "suite.json").is_file() and not (tmp_path / "~").exists()
+
+
+def test_data_rewritten_under_an_unchanged_suite_is_not_resumed(tmp_path, quiet):
+    """Same names, counts and config, other pixels: the manifest's content key tells them apart."""
+    write_images(tmp_path / "data", 10)
+    data = {"name": "imagefolder", "root": str(tmp_path / "data"), "image_size": 8}
+    run_suite(tiny_suite(rounds=1, clients_per_round=2, fleet={"devices": 2}, data=data), tmp_path, log=quiet)
+    time.sleep(0.01)
+    write_images(tmp_path / "data", 200)
+    with pytest.raises(ConfigError, match=r"made on other data .*files rewritten in place"):
+        run_suite(tiny_suite(rounds=2, clients_per_round=2, fleet={"devices": 2}, data=data), tmp_path,
+                  resume=True, log=quiet)
+    assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 1
+
+
+def test_a_resume_by_other_code_is_refused_unless_allowed_and_then_recorded(tmp_path, quiet, monkeypatch):
+    """An edit that keeps shapes would resume silently: the source hash tells, uncommitted or not."""
+    import harness.records
+    import harness.resume
+
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    first = json.loads((run / "manifest.json").read_text())["code"]
+    assert first == harness.records.code_identity() and len(first["source"]) == 32
+    edited = {**first, "source": "0" * 32}  # the same commit with an uncommitted edit
+    monkeypatch.setattr(harness.resume, "code_identity", lambda: edited)
+    with pytest.raises(ConfigError, match=r"made by other code .*uncommitted edits.*--allow-code-change"):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(run / "rounds.jsonl")) == 1
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet, allow_code_change=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["code"] == edited and manifest["code_history"] == [{**first, "rounds_up_to": 1}]
+    assert len(read_jsonl(run / "rounds.jsonl")) == 2
+    run_suite(tiny_suite(rounds=3), tmp_path, resume=True, log=quiet)  # the same code again: no flag needed
+
+
+def test_the_report_names_every_commit_and_says_when_code_versions_mix(tmp_path, quiet):
+    from reports.load import load_suite
+    from reports.tables import provenance_table
+
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    manifest_path = tmp_path / "tiny" / "fedavg-seed0" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["code_history"] = [{"commit": "abc", "source": "1" * 32, "rounds_up_to": 1}]
+    manifest_path.write_text(json.dumps(manifest))
+    rows = dict(provenance_table(load_suite(tmp_path / "tiny")).itertuples(index=False))
+    assert "abc" in rows["git commit"].split(", ")
+    assert rows["source versions"].startswith("2 (") and "mix code versions" in rows["source versions"]
+
+
+def test_a_finished_run_is_not_refused_for_other_code(tmp_path, quiet, monkeypatch):
+    """``tox -e quick`` resumes: after an update, the runs it finished need no new rounds, so no code check."""
+    import harness.resume
+
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    monkeypatch.setattr(harness.resume, "code_identity", lambda: {"commit": None, "source": "0" * 32})
+    run_suite(tiny_suite(rounds=1), tmp_path, resume=True, log=quiet)

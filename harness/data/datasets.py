@@ -6,6 +6,7 @@ it, and batches are made on tensors, so no file is decoded during training.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ class DataBundle:
     @property
     def image_size(self) -> int:
         return self.train_x.shape[-1]
+
+    @functools.cached_property
+    def content_key(self) -> str:
+        """A hash of the images and labels as loaded (train and test): a run records it, and a
+        resume on other data under the same suite (a folder rewritten in place) is refused."""
+        digest = hashlib.blake2b(digest_size=16)
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            digest.update(memoryview(t.contiguous().numpy()).cast("B"))
+        return digest.hexdigest()
 
 
 Loader = Callable[[DataConfig], DataBundle]
