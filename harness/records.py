@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import torch
 
+from harness.schema import SCHEMAS, line_problem
+
 MANIFEST, ROUNDS, CLIENTS, CHECKPOINT = "manifest.json", "rounds.jsonl", "clients.jsonl", "checkpoint.pt"
 LOCK = ".lock"
 
@@ -108,13 +110,13 @@ def git_commit() -> str | None:
         return None
 
 
-def source_files() -> list[tuple[str, Path]]:
+def source_files(plugins: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
     """The Python files of the code that makes records (the harness, the built-in methods, the
-    ``FL_HARNESS_PLUGINS`` modules), each with a name that does not depend on where it is installed."""
-    from harness.plugins import BUILTIN, plugin_names
+    ``plugins`` modules), each with a name that does not depend on where it is installed."""
+    from harness.plugins import BUILTIN
 
     files = []
-    for name in ("harness", *BUILTIN, *plugin_names()):
+    for name in ("harness", *BUILTIN, *plugins):
         spec = importlib.util.find_spec(name)
         if spec is None:
             continue
@@ -125,12 +127,18 @@ def source_files() -> list[tuple[str, Path]]:
     return sorted(files)
 
 
-@functools.cache
 def code_identity() -> dict[str, str | None]:
-    """Which code writes a run: its commit and a hash of its source files, so that an uncommitted
-    edit (which the commit does not show) tells as well; computed once per process."""
+    """Which code writes a run: its commit and a hash of its source files (``FL_HARNESS_PLUGINS``
+    modules included), so that an uncommitted edit (which the commit does not show) tells as well."""
+    from harness.plugins import plugin_names
+
+    return _code_identity(tuple(plugin_names()))
+
+
+@functools.cache  # once per process and set of plugins
+def _code_identity(plugins: tuple[str, ...]) -> dict[str, str | None]:
     digest = hashlib.blake2b(digest_size=16)
-    for name, path in source_files():
+    for name, path in source_files(plugins):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return {"commit": git_commit(), "source": digest.hexdigest()}
 
@@ -170,17 +178,18 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete records only: a torn line (a killed writer; cut inside a character, or foreign
-    bytes, it is not even text), or one that is not a record of a round, is skipped, and reads as
-    missing where it matters."""
+    bytes, it is not even text), or one that is not a record line of its file (``harness.schema``:
+    a key missing, a round given as text), is skipped, and reads as missing where it matters."""
     if not path.exists():
         return []
+    schema = SCHEMAS[path.name]
     rows = []
     for line in path.read_bytes().splitlines():
         try:
             row = json.loads(line.decode())
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(row, dict) and isinstance(row.get("round"), int):
+        if line_problem(row, schema) is None:
             rows.append(row)
     return rows
 

@@ -30,11 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target must be a fraction in (0, 1], e.g. 0.9; got {args.target}")
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 is printed escaped, not a traceback
+        stream.reconfigure(errors="backslashreplace")
     try:
         report = render(args.suite_dirs, args.out, args.target, args.allow_mixed, args.labels)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the output folder read-only, full, a file, a name too long...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: cannot write the report{where}: {err.strerror or err}", file=sys.stderr)
+        return 1
     for note in report.notes:
         print(f"note: {note}")
     print(f"wrote {len(report.files)} files to {report.out}; open {report.out / 'index.html'}")

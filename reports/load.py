@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.schema import SCHEMAS, line_problem  # the one record check, shared with the harness (no torch)
+
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer", "state", "activations", "other")
 TENSOR = "memory.tensor."  # prefix of the measured tensor peak and its categories in clients
 ESTIMATE = "estimate.peak"  # the task's estimated peak (the memory a device needs for it)
@@ -110,7 +112,8 @@ def read_json(path: Path, notes: list[str], name: str) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path, notes: list[str], name: str) -> list[dict[str, Any]]:
-    """Every line that parses; a torn line (a run killed mid-write) is skipped with a note."""
+    """Every line that is a record of its file (``harness.schema``, the check the harness's resume
+    makes); a torn or malformed line (a run killed mid-write, a hand edit) is skipped with a note."""
     if not path.exists():
         notes.append(f"{name}: missing")
         return []
@@ -123,8 +126,11 @@ def read_jsonl(path: Path, notes: list[str], name: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             notes.append(f"{name}: line {number} does not parse (torn write?); skipped")
             continue
-        if isinstance(row, dict):
-            rows.append(row)
+        problem = line_problem(row, SCHEMAS[path.name])
+        if problem:
+            notes.append(f"{name}: line {number} is not a record ({problem}); skipped")
+            continue
+        rows.append(row)
     return rows
 
 

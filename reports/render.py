@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +12,10 @@ import pandas as pd
 from reports import figures, stages
 from reports.compare import load_suites, mixed
 from reports.html import index_html
-from reports.load import ReportError
+from reports.load import ReportError, Suite
 from reports.markdown import summary_markdown
 from reports.page import FIGURES, SUMMARY_TEXT, Page, Section
-from reports.style import FORMATS, method_styles, save
+from reports.style import FORMATS, method_styles, replace_file, save
 from reports.tables import (
     config_table,
     display,
@@ -24,6 +26,7 @@ from reports.tables import (
 )
 
 STAGE_FIGURES = ("neulite_stage_memory", "neulite_stage_accuracy")
+PAGES = ("index.html", "summary.md", "summary.csv")
 
 
 @dataclass
@@ -63,7 +66,17 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
                               f"{', '.join(f'{t:g}' for t in suite.targets)}); give one with --target")
         target = suite.targets[0]
     out = Path(out) if out else suite.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"cannot create the report folder {out}: {err.strerror or err}") from None
+    with RenderLock(out):  # a second render of this folder waits for the first
+        for name in PAGES:  # an interrupted render leaves no page: figures without one read as unfinished
+            (out / name).unlink(missing_ok=True)
+        return _render(suite, out, target)
+
+
+def _render(suite: Suite, out: Path, target: float) -> Report:
     summary, notes = summarize(suite, target)
     notes = suite.notes + notes
     styles = method_styles(suite.methods)
@@ -111,9 +124,23 @@ def render(suite_dirs: str | Path | list[str | Path], out: str | Path | None = N
         details=[Section("Methods", "", methods_table(suite)), *stage_sections(suite.clients), configuration,
                  Section("Provenance", "", provenance_table(suite))],
     )
-    summary.to_csv(out / "summary.csv")
-    files.append(out / "summary.csv")
-    for name, text in (("summary.md", summary_markdown(page)), ("index.html", index_html(page))):
-        (out / name).write_text(text)
-        files.append(out / name)
+    files.append(replace_file(out / "summary.csv", summary.to_csv))
+    for name, text in (("summary.md", summary_markdown(page)), ("index.html", index_html(page))):  # the index last
+        files.append(replace_file(out / name, lambda tmp, text=text: tmp.write_text(text)))
     return Report(out=out, files=files, notes=notes)
+
+
+class RenderLock:
+    """One render at a time into a folder (an OS lock on ``out/.lock``, dropped when its holder dies)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self._fd = -1
+
+    def __enter__(self) -> RenderLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)

@@ -99,13 +99,26 @@ def outside_legend(ax: plt.Axes, **kwargs: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
+def replace_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` the file to a temporary name beside ``path``, then rename it into place: a render
+    killed midway leaves the earlier file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
     """Write ``name``.png and .svg (reproducible: fixed SVG ids, no date) and close the figure."""
     paths = []
-    with plt.rc_context({"svg.hashsalt": "reports"}):
-        for ext in FORMATS:
-            path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
-            paths.append(path)
-    plt.close(fig)
+    try:
+        with plt.rc_context({"svg.hashsalt": "reports"}):
+            for ext in FORMATS:
+                paths.append(replace_file(out / f"{name}.{ext}", lambda tmp, ext=ext: fig.savefig(
+                    tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)))
+    finally:
+        plt.close(fig)
     return paths

@@ -751,3 +751,15 @@ def test_a_finished_run_is_not_refused_for_other_code(tmp_path, quiet, monkeypat
     run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
     monkeypatch.setattr(harness.resume, "code_identity", lambda: {"commit": None, "source": "0" * 32})
     run_suite(tiny_suite(rounds=1), tmp_path, resume=True, log=quiet)
+
+
+def test_a_bare_round_line_is_torn_for_the_resume_and_the_suite_runs_on(tmp_path, quiet):
+    """A bare ``{"round": 5}`` in rounds.jsonl once passed the resume check and broke every later run
+    of the suite; now it is a torn line past the checkpoint, dropped, and the round redone."""
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    path = tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps({"round": 2}) + "\n")
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    rounds = read_jsonl(path)
+    assert [r["round"] for r in rounds] == [1, 2] and all("accuracy" in r for r in rounds)

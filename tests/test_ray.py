@@ -40,7 +40,9 @@ def local_ray():
     env = {"FL_HARNESS_PLUGINS": "ray_faults", "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     ray.init(num_cpus=2, num_gpus=torch.cuda.device_count(), include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": env})
-    yield
+    with pytest.MonkeyPatch.context() as patch:  # the driver's code is the workers' (their source hash)
+        patch.setenv("FL_HARNESS_PLUGINS", "ray_faults")
+        yield
     ray.shutdown()
 
 
