@@ -48,9 +48,9 @@ def fraction(value: Any) -> bool:
 RUN = {"label": text, "method": text, "seed": integer, "round": lambda v: integer(v) and v >= 1}
 # key -> check; the first group every line holds, the rest are checked where present
 ROUND = {
-    "required": {**RUN, "accuracy": optional(fraction), "loss": optional(number), "devices": counting,
-                 "participated": counting},
-    "optional": {"evals": mapping, "eligible": counting, "offered": counting, "selected": counting,
+    "required": {**RUN, "accuracy": optional(fraction)},  # what records of every version hold
+    "optional": {"loss": optional(number), "devices": counting, "participated": counting, "evals": mapping,
+                 "eligible": counting, "offered": counting, "selected": counting,
                  "excluded": counting, "stragglers": counting, "failed": counting, "peak_tensor": optional(counting),
                  "peak_estimate": optional(counting), "train_time": number, "round_time": number,
                  "wall_time": number, "device_time": number, "device_wall_time": number, "bytes_up": counting,
