@@ -365,10 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = "; every completed round is recorded" if args.command == "run" else ""
         print(f"error: {err.strerror or err}{where}{kept}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted" + (": every completed round is recorded; continue with --resume"
-                                 if args.command == "run" else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # by the signal received: Ray re-raises a plain KeyboardInterrupt for whatever stopped its wait
+        terminated = isinstance(err, interrupts.Terminated) or interrupts.received is interrupts.Terminated
+        print("\n" + ("terminated (SIGTERM)" if terminated else "interrupted")
+              + (": every completed round is recorded; continue with --resume" if args.command == "run" else ""),
+              file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

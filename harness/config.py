@@ -284,6 +284,7 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+MAX_LR = 100.0  # an SGD step size beyond any real use; 1e300 overflowed in round 1
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -308,7 +309,7 @@ def validate(suite: SuiteConfig) -> None:
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
     _check_name(suite.name, "name")
     _check(bool(suite.seeds), "seeds: give at least one seed")
-    _check(all(s >= 0 for s in suite.seeds), f"seeds must be >= 0, got {suite.seeds}")
+    _check(all(0 <= s < 2**32 for s in suite.seeds), f"seeds must be in [0, 2**32), got {suite.seeds}")
     _check(len(set(suite.seeds)) == len(suite.seeds), f"seeds: repeated seed in {suite.seeds}")
     _check(suite.data.name in DATASETS, f"data.name: unknown data set {suite.data.name!r}; "
            f"allowed: {', '.join(DATASETS.names())}")
@@ -324,11 +325,14 @@ def validate(suite: SuiteConfig) -> None:
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
     _check(0 < suite.report.target <= 1, "report.target must be a fraction in (0, 1], e.g. 0.9")
     _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
+    _check(suite.data.synthetic_samples >= 50, "data.synthetic_samples must be at least 50 (a test split of 10 "
+           f"and one sample a class), got {suite.data.synthetic_samples}")
     devices = validate_fleet(suite.fleet)
     _check(suite.clients_per_round <= devices,
            f"clients_per_round ({suite.clients_per_round}) exceeds the fleet's {devices} devices")
     _check(0 <= suite.deadline_s < math.inf, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
-    _check(suite.optimizer.lr > 0, f"optimizer.lr must be positive, got {suite.optimizer.lr}")
+    _check(0 < suite.optimizer.lr <= MAX_LR, f"optimizer.lr must be in (0, {MAX_LR:g}] (larger overflows the "
+           f"weights in the first step), got {suite.optimizer.lr}")
     _check(0 <= suite.optimizer.momentum < 1, "optimizer.momentum must be in [0, 1)")
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
     _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
@@ -364,12 +368,12 @@ def _finite(*values: float) -> bool:
 def validate_fleet(fleet: FleetConfig) -> int:
     """What every distribution shares (speeds, finite budgets); then a build for seed 0, in which each
     distribution checks its own parameters, a plugin's as the built-in ones. Returns the fleet's size."""
-    from harness.fleet import build_fleet
+    from harness.fleet import SPEED_RANGE, build_fleet, speed_ok
 
     for key in ("gflops", "up_mbps", "down_mbps"):
         values = getattr(fleet, key)
-        _check(bool(values) and all(0 < v < math.inf for v in values),
-               f"fleet.{key}: give positive, finite values, got {values}")
+        _check(bool(values) and all(speed_ok(v) for v in values),
+               f"fleet.{key}: give values in [{SPEED_RANGE[0]:g}, {SPEED_RANGE[1]:g}], got {values}")
     _check(_finite(fleet.low_mb, fleet.high_mb, fleet.median_mb, fleet.sigma, *fleet.tiers_mb),
            "fleet: budgets must be finite numbers of MB")
     return len(build_fleet(fleet, 0))

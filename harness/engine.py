@@ -220,7 +220,17 @@ class Run:
         self.writer.check_whole(done, len(self.fleet))
         if done < self.cfg.rounds:  # rounds to make: by the code that made the others, unless allowed
             code_changed(self.writer, self.allow_code_change)
+        if checkpoint is not None:
+            self.load_state(checkpoint)  # here, before anything is written: state that no longer fits
         return checkpoint
+
+    def load_state(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.method.load_state_dict(checkpoint["method"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:  # torch's size mismatch, a missing key
+            raise RecordsError(f"cannot resume {self.writer.folder}: its checkpoint does not fit this code's "
+                               f"{self.entry.method} ({type(err).__name__}: {str(err).splitlines()[0]}); the code "
+                               "changed what the method keeps; rerun it with another --out") from None
 
     def execute(self, resume: bool) -> None:
         """Run (or continue) the rounds, holding the run folder's lock: a second writer (a worker
@@ -237,7 +247,6 @@ class Run:
             checkpoint = self.check(resume)
             done = 0 if checkpoint is None else checkpoint["round"]
             if checkpoint is not None:
-                self.method.load_state_dict(checkpoint["method"])
                 self.measured = set(checkpoint.get("measured", []))
                 first, clock = done + 1, Clock(checkpoint["wall_time"], checkpoint["device_time"])
             self.writer.truncate_after(done)  # a round cut short before its checkpoint is redone

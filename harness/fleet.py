@@ -18,6 +18,13 @@ from harness.registry import Registry
 MB = 1024 * 1024
 GFLOPS = 1e9  # FLOP/s per GFLOP/s
 MBITS = 1e6 / 8  # bytes/s per Mbit/s
+# The slowest device the time model takes (GFLOP/s, Mbit/s), and the most: beyond these a device
+# time overflows or stops meaning anything (5e-324 GFLOP/s made a round last inf seconds).
+SPEED_RANGE = (1e-6, 1e9)
+
+
+def speed_ok(value: float) -> bool:
+    return SPEED_RANGE[0] <= value <= SPEED_RANGE[1]
 
 
 @dataclass(frozen=True)
@@ -148,9 +155,10 @@ def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
                         from None
             ident, memory, gflops, up, down = values
             device = Device(ident, int(memory * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
-            if device.id < 0 or min(device.budget, device.flops, device.up, device.down) <= 0:
-                raise ConfigError(f"fleet.trace: {path}:{line_no}: device ids must be >= 0 and memory and "
-                                  "speeds positive")
+            if device.id < 0 or device.budget <= 0 or not all(math.isfinite(v) for v in (memory, gflops, up, down)) \
+                    or not all(speed_ok(v) for v in (gflops, up, down)):
+                raise ConfigError(f"fleet.trace: {path}:{line_no}: device ids must be >= 0, memory positive and "
+                                  f"speeds in [{SPEED_RANGE[0]:g}, {SPEED_RANGE[1]:g}] (GFLOP/s, Mbit/s)")
             devices.append(device)
     if not devices:
         raise ConfigError(f"fleet.trace: {path} lists no device")

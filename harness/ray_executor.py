@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from harness import interrupts
 from harness.clients import ClientFailure, ClientJob, log_if_slow, train_client
 from harness.config import RayConfig, SuiteConfig
 from harness.data import DataBundle
@@ -40,6 +41,7 @@ def connect(cfg: RayConfig) -> Any:
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         ray.init(address=cfg.address or None, include_dashboard=False, logging_level="WARNING",
                  runtime_env={"env_vars": env} if env else None)
+        interrupts.take_back()  # Ray's start-up installs its own SIGTERM handler, whose exit is lost
     return ray
 
 

@@ -34,7 +34,7 @@ from helpers import records, without_times
 
 
 # ---- killed runs ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
     suite = tmp_path / "s.toml"
     write_toml(suite, rounds=40)
@@ -44,7 +44,9 @@ def test_killed_run_resumes_with_no_record_lost_or_doubled(tmp_path, how):
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
-        assert proc.returncode == 130 and "continue with --resume" in err
+        assert proc.returncode == 130 and "interrupted: every completed round" in err
+    if how == signal.SIGTERM:  # as a batch scheduler stops a job: one line, 128 + 15
+        assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM): every")
     done = len(read_jsonl(run_dir / "rounds.jsonl"))
     assert 3 <= done < 40
     resumed = start([str(suite), "--out", "out", "--resume"], tmp_path)
@@ -457,12 +459,27 @@ def test_a_nan_evaluation_loss_stops_with_one_line_and_keeps_the_rounds(tmp_path
 
 @pytest.mark.parametrize(("over", "message"), [
     ({"fleet": {"high_mb": float("inf")}}, "budgets must be finite"),
-    ({"seeds": [-1]}, "seeds must be >= 0"),
+    ({"seeds": [-1]}, r"seeds must be in \[0, 2\*\*32\)"),
+    ({"seeds": [2**64]}, r"seeds must be in \[0, 2\*\*32\)"),
     ({"methods": [{"method": "neulite", "stage_rounds": [2]}]}, "apply to schedule = 'sequential' only"),
+    # values that once passed validation and failed later (overflow in round 1, a device time of inf)
+    ({"optimizer": {"lr": 1e300}}, r"optimizer.lr must be in \(0, 100\]"),
+    ({"optimizer": {"lr": float("inf")}}, r"optimizer.lr must be in \(0, 100\]"),
+    ({"fleet": {"gflops": [5e-324]}}, r"fleet.gflops: give values in \[1e-06, 1e\+09\]"),
+    ({"fleet": {"up_mbps": [1e300]}}, r"fleet.up_mbps: give values in \[1e-06, 1e\+09\]"),
+    ({"data": {"synthetic_samples": -5}}, "data.synthetic_samples must be at least 50"),
 ])
 def test_bad_values_are_config_errors(over, message):
     with pytest.raises(ConfigError, match=message):
         suite_from_dict(tiny_raw(**over))
+
+
+def test_a_trace_with_a_speed_the_time_model_cannot_take_is_refused(tmp_path):
+    trace = tmp_path / "fleet.csv"
+    trace.write_text("0,3,5e-324\n1,4\n")
+    with pytest.raises(ConfigError, match=r"fleet.csv:1: .*speeds in \[1e-06, 1e\+09\]"):
+        run_suite(tiny_suite(fleet={"distribution": "trace", "trace": str(trace)}, clients_per_round=1), tmp_path)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_a_trace_whose_first_row_is_data_is_read_as_data(tmp_path):
@@ -763,3 +780,36 @@ def test_a_bare_round_line_is_torn_for_the_resume_and_the_suite_runs_on(tmp_path
     run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
     rounds = read_jsonl(path)
     assert [r["round"] for r in rounds] == [1, 2] and all("accuracy" in r for r in rounds)
+
+
+def test_sigterm_under_ray_is_one_line_and_the_suite_resumes(tmp_path):
+    """Ray installs its own SIGTERM handler at start-up (whose exit was lost, the suite running on):
+    the harness takes SIGTERM back, so a Ray suite stops as a local one does."""
+    pytest.importorskip("ray")
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=40)
+    run_dir = tmp_path / "out" / "killme" / "exclusive-seed0"
+    proc = start([str(suite), "--out", "out", "--executor", "ray"], tmp_path)
+    wait_for_rounds(run_dir / "rounds.jsonl", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("terminated (SIGTERM): every completed round is recorded; "
+                                            "continue with --resume")
+    done = len(read_jsonl(run_dir / "rounds.jsonl"))
+    assert 2 <= done < 40
+
+
+def test_a_checkpoint_that_no_longer_fits_the_model_is_one_line_before_anything_is_written(tmp_path, quiet):
+    """A shape-changing edit, resumed with --allow-code-change: torch's size mismatch becomes one line."""
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    checkpoint = tmp_path / "tiny" / "fedavg-seed0" / CHECKPOINT
+    state = torch.load(checkpoint, weights_only=True)
+    model = state["method"]["model"]
+    first = next(iter(model))
+    model[first] = torch.zeros(model[first].numel() + 1)
+    torch.save(state, checkpoint)
+    before = (tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl").read_bytes()
+    with pytest.raises(RecordsError, match=r"checkpoint does not fit this code's fedavg \(RuntimeError: "):
+        run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet, allow_code_change=True)
+    assert (tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl").read_bytes() == before
