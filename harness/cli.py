@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_suite(args.suite, [*(args.set or []), *flags])
     folder = run_suite(cfg, args.out, args.resume, verbose=args.verbose, allow_code_change=args.allow_code_change)
     print(f"records: {folder}")
-    print(f"report:  python -m reports {folder}")
+    print(f"report:  python -m reports {shlex.quote(str(folder))}")
     return 0
 
 
@@ -362,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(err, ConfigError | DataError | PartitionError | PluginError) else 1
     except OSError as err:  # an unwritable, missing or full output folder: records so far are kept
         where = f" ({err.filename})" if err.filename else ""
-        kept = "; every completed round is recorded" if args.command == "run" else ""
+        kept = "; the records written before it are kept (continue with --resume)" if args.command == "run" else ""
         print(f"error: {err.strerror or err}{where}{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:

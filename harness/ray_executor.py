@@ -18,7 +18,7 @@ import torch
 
 from harness import interrupts
 from harness.clients import ClientFailure, ClientJob, log_if_slow, train_client
-from harness.config import RayConfig, SuiteConfig
+from harness.config import ConfigError, RayConfig, SuiteConfig
 from harness.data import DataBundle
 from harness.engine import EXECUTORS, Run, RunJob, RunLostError, Shared, suite_estimator
 from harness.memory.estimate import TaskCost
@@ -142,6 +142,20 @@ def run_slots(nodes: list[dict[str, float]], cfg: RayConfig) -> int:
     return max(1, sum(fits))
 
 
+def cluster_text(nodes: list[dict[str, float]]) -> str:
+    return "; ".join(f"{node.get('CPU', 0):g} CPUs, {node.get('GPU', 0):g} GPUs" for node in nodes) or "no node"
+
+
+def check_client_workers(nodes: list[dict[str, float]], cfg: RayConfig) -> None:
+    """Client workers the cluster cannot start all at once would leave a round waiting forever (3
+    workers on 2 cores hung without a word): refused, naming what the cluster has."""
+    for key, each in (("CPU", cfg.client_num_cpus), ("GPU", cfg.client_num_gpus)):
+        if each > 0 and sum(math.floor(node.get(key, 0.0) / each + 1e-6) for node in nodes) < cfg.client_workers:
+            raise ConfigError(f"ray.client_workers = {cfg.client_workers} workers of {each:g} {key}s each do not fit "
+                              f"the cluster ({cluster_text(nodes)}): lower ray.client_workers, then continue with "
+                              "--resume")
+
+
 @EXECUTORS.register("ray")
 def run_on_ray(cfg: SuiteConfig, jobs: list[RunJob], shared: Shared, resume: bool, progress: SuiteProgress) -> None:
     """The suite's runs as Ray tasks, ``ray.num_cpus`` and ``ray.num_gpus`` each. A run whose worker
@@ -222,6 +236,7 @@ class RayClients:
     def __init__(self, cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> None:
         self.ray = connect(cfg.ray)
         self.cfg, self.device, self.log = cfg, device, log
+        check_client_workers([node["Resources"] for node in self.ray.nodes() if node["Alive"]], cfg.ray)
         self.actor = self.ray.remote(ClientWorker).options(num_cpus=cfg.ray.client_num_cpus,
                                                           num_gpus=cfg.ray.client_num_gpus)
         self.data_ref = self.ray.put(data)  # held for the pool's life: a replacement actor reads it too

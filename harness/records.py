@@ -7,6 +7,7 @@ last, then the checkpoint is replaced atomically. On resume, lines of rounds aft
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
@@ -17,6 +18,8 @@ import platform
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -53,6 +56,19 @@ def open_new(path: Path, mode: str = "w") -> IO[Any]:
     link) is removed, never followed."""
     path.unlink(missing_ok=True)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644), mode)
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """A failed write names its file: a full disk's OSError from a write has none, and torch's
+    serializer reports it as a RuntimeError."""
+    try:
+        yield
+    except OSError as err:
+        err.filename = err.filename or str(path)
+        raise
+    except RuntimeError as err:  # torch.save on a full disk ("PytorchStreamWriter failed writing file")
+        raise OSError(errno.EIO, f"write failed ({str(err).splitlines()[0]})", str(path)) from None
 
 
 def open_append(path: Path) -> IO[str]:
@@ -219,7 +235,7 @@ class RunWriter:
         self._append(ROUNDS, [round_record])
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
-        with open_append(self.folder / name) as f:
+        with naming(self.folder / name), open_append(self.folder / name) as f:
             for row in rows:
                 f.write(json.dumps(row, allow_nan=False) + "\n")
             f.flush()
@@ -227,9 +243,10 @@ class RunWriter:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         tmp = self.checkpoint_path.with_suffix(".tmp")
-        with open_new(tmp, "wb") as f:
-            torch.save(state, f)
-        tmp.replace(self.checkpoint_path)
+        with naming(tmp):
+            with open_new(tmp, "wb") as f:
+                torch.save(state, f)
+            tmp.replace(self.checkpoint_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
@@ -259,6 +276,12 @@ class RunWriter:
         if done == 0 and reached > 1:  # only a kill inside round 1 leaves records without a checkpoint
             raise RecordsError(f"cannot resume {self.folder}: its records reach round {reached} but its "
                                f"{CHECKPOINT} is missing; rerun it with another --out")
+        doubled = [r for r in range(1, done + 1) if rounds[r] > 1] + \
+            [r for r in range(1, done + 1) if per_round[r] > devices]
+        if doubled:
+            raise RecordsError(f"cannot resume {self.folder}: rounds {_rounds(sorted(set(doubled)))} have more lines "
+                               "than one run writes (a line copied, or two runs' records merged); rerun it with "
+                               "another --out")
         missing = [r for r in range(1, done + 1) if rounds[r] != 1]
         short = [r for r in range(1, done + 1) if per_round[r] != devices]
         if missing or short:

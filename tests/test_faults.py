@@ -813,3 +813,51 @@ def test_a_checkpoint_that_no_longer_fits_the_model_is_one_line_before_anything_
     with pytest.raises(RecordsError, match=r"checkpoint does not fit this code's fedavg \(RuntimeError: "):
         run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet, allow_code_change=True)
     assert (tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl").read_bytes() == before
+
+
+def test_a_full_disk_names_its_file_even_where_the_error_does_not(tmp_path, capsys, monkeypatch):
+    """A write's OSError on a full disk carries no file name, and torch.save's is a RuntimeError: both
+    become one line naming the file."""
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=3)
+
+    def no_space(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint.tmp" in err and "PytorchStreamWriter failed" in err
+    assert "records written before it are kept" in err
+    monkeypatch.undo()
+    real_write = os.fdopen
+
+    def unnamed(fd, mode="r", *args, **kwargs):
+        f = real_write(fd, mode, *args, **kwargs)
+        if mode == "a":
+            def write(text):
+                raise OSError(28, "No space left on device")
+            f.write = write
+        return f
+
+    monkeypatch.setattr(os, "fdopen", unnamed)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and ".jsonl" in err
+
+
+def test_a_doubled_line_is_named_as_such_not_as_missing(tmp_path, quiet):
+    run_suite(tiny_suite(rounds=2), tmp_path, log=quiet)
+    path = tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[0] + lines[1])
+    with pytest.raises(RecordsError, match=r"rounds 1 have more lines than one run writes"):
+        run_suite(tiny_suite(rounds=3), tmp_path, resume=True, log=quiet)
+
+
+def test_the_report_command_printed_at_the_end_is_shell_quoted(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    write_toml(suite, rounds=1)
+    out = tmp_path / "my runs"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    assert f"report:  python -m reports '{out}/killme'" in capsys.readouterr().out

@@ -287,3 +287,18 @@ def test_the_local_executor_never_imports_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=TESTS, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])})
     assert done.returncode == 0, done.stderr
+
+
+def test_client_workers_the_cluster_cannot_hold_are_one_line_not_a_hang(tmp_path, capsys):
+    """3 one-CPU workers on this module's 2-CPU Ray once waited forever without a word."""
+    from harness.ray_executor import check_client_workers
+
+    check_client_workers([{"CPU": 2.0}], RayConfig(client_workers=2))
+    check_client_workers([{"CPU": 1.0}, {"CPU": 1.0}], RayConfig(client_workers=2))
+    with pytest.raises(ConfigError, match=r"ray.client_workers = 3 workers of 1 CPUs each do not fit the cluster "
+                                          r"\(2 CPUs, 0 GPUs\)"):
+        check_client_workers([{"CPU": 2.0, "GPU": 0.0}], RayConfig(client_workers=3))
+    with pytest.raises(ConfigError, match=r"of 0\.5 GPUs each"):
+        check_client_workers([{"CPU": 8.0, "GPU": 1.0}], RayConfig(client_workers=3, client_num_gpus=0.5))
+    with pytest.raises(ConfigError, match="client_workers = 3"):
+        run_suite(tiny_suite(rounds=1, ray={"client_workers": 3}), tmp_path, log=quiet)
