@@ -135,6 +135,9 @@ class SuiteConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs"
     tensorboard: str = ""  # a folder: per-round scalars as TensorBoard event files there too ("": none)
+    # "all": a client line per device per round; "selected": lines for the devices a round selected, the
+    # rest as counts in the round line (a fleet of 10^5 devices: 32 MB a round of lines otherwise)
+    client_lines: Literal["all", "selected"] = "all"
     executor: str = "local"  # where the runs execute: local | ray (docs/ray.md)
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)

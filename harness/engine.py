@@ -112,6 +112,26 @@ def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]
     return candidates
 
 
+def unselected_summary(candidates: list[Candidate]) -> dict[str, Any]:
+    """The devices a round did not select, as counts (``client_lines = "selected"``): per task
+    offered (its estimate and gate bytes), how many devices were offered it and how many it fits;
+    and the exclusions by kind. Enough for what the reports take from client lines: the fleet that
+    fits, the smallest and largest task, the stages."""
+    tasks: dict[tuple, dict[str, Any]] = {}
+    exclusions: dict[str, int] = {}
+    for c in candidates:
+        spec = c.spec.to_record() if c.spec is not None else {"task": None}
+        peak = c.estimate.peak if c.estimate is not None else None
+        group = tasks.setdefault(repr((spec, peak, c.need)),
+                                 {**spec, "estimate": peak, "need": c.need, "devices": 0, "fit": 0})
+        group["devices"] += 1
+        group["fit"] += c.need is not None and c.need <= c.device.budget
+        if c.reason:
+            kind = "over budget" if c.need is not None and c.need > c.device.budget else c.reason
+            exclusions[kind] = exclusions.get(kind, 0) + 1
+    return {"unselected": list(tasks.values()), "exclusions": exclusions}
+
+
 @dataclass
 class Clock:
     """Cumulative time of a run: the host's wall time (the simulator's cost) and the simulated
@@ -217,7 +237,7 @@ class Run:
         if done > self.cfg.rounds:
             raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: it has {done} "
                               "rounds recorded; a resume may add rounds, never drop them")
-        self.writer.check_whole(done, len(self.fleet))
+        self.writer.check_whole(done, len(self.fleet) if self.cfg.client_lines == "all" else None)
         if done < self.cfg.rounds:  # rounds to make: by the code that made the others, unless allowed
             code_changed(self.writer, self.allow_code_change)
         if checkpoint is not None:
@@ -319,6 +339,9 @@ class Run:
         clock.device += device_round
         record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
         record.update(device_time=device_round, stragglers=stragglers, failed=failed)
+        if self.cfg.client_lines == "selected":  # the others as counts: what reports need of them
+            record.update(unselected_summary([c for c in candidates if c.position not in chosen]))
+            rows = [row for c, row in zip(candidates, rows, strict=True) if c.position in chosen]
         self.writer.append_round(record, rows)
         self.scalars.round(record)
         self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,

@@ -266,24 +266,31 @@ class RunWriter:
             raise RecordsError(f"{self.checkpoint_path} is not a harness checkpoint; rerun with another --out")
         return state
 
-    def check_whole(self, done: int, devices: int) -> None:
+    def check_whole(self, done: int, devices: int | None) -> None:
         """Every round up to the checkpoint's must be in both files, whole: one round line and one
-        line per device each. A gap (a torn line, a deleted file) cannot be redone from this
-        checkpoint, so the resume is refused, naming what is missing."""
-        rounds = Counter(r["round"] for r in read_jsonl(self.folder / ROUNDS))
+        client line per device each (``devices``; None: per device the round selected, as its line
+        says). A gap (a torn line, a deleted file) cannot be redone from this checkpoint, so the
+        resume is refused, naming what is missing."""
+        round_lines = read_jsonl(self.folder / ROUNDS)
+        rounds = Counter(r["round"] for r in round_lines)
         per_round = Counter(c["round"] for c in read_jsonl(self.folder / CLIENTS))
+        selected = {r["round"]: r.get("selected") for r in round_lines}
+
+        def lines_of(r: int) -> int | None:  # None: its round line, which says how many, is missing
+            return devices if devices is not None else selected.get(r)
+
         reached = max(rounds, default=0)
         if done == 0 and reached > 1:  # only a kill inside round 1 leaves records without a checkpoint
             raise RecordsError(f"cannot resume {self.folder}: its records reach round {reached} but its "
                                f"{CHECKPOINT} is missing; rerun it with another --out")
         doubled = [r for r in range(1, done + 1) if rounds[r] > 1] + \
-            [r for r in range(1, done + 1) if per_round[r] > devices]
+            [r for r in range(1, done + 1) if lines_of(r) is not None and per_round[r] > lines_of(r)]
         if doubled:
             raise RecordsError(f"cannot resume {self.folder}: rounds {_rounds(sorted(set(doubled)))} have more lines "
                                "than one run writes (a line copied, or two runs' records merged); rerun it with "
                                "another --out")
         missing = [r for r in range(1, done + 1) if rounds[r] != 1]
-        short = [r for r in range(1, done + 1) if per_round[r] != devices]
+        short = [r for r in range(1, done + 1) if lines_of(r) is not None and per_round[r] != lines_of(r)]
         if missing or short:
             what = (f"round lines {_rounds(missing)} in {ROUNDS}" if missing else "") + \
                    (" and " if missing and short else "") + \
@@ -297,6 +304,8 @@ class RunWriter:
             path = self.folder / name
             if path.exists():
                 keep = [r for r in read_jsonl(path) if r["round"] <= last_round]
+                if len(keep) == len(path.read_bytes().splitlines()):
+                    continue  # nothing past the checkpoint and nothing torn: no rewrite (a no-op resume)
                 tmp = path.with_suffix(".tmp")
                 with open_new(tmp) as f:
                     f.write("".join(json.dumps(r) + "\n" for r in keep))

@@ -25,8 +25,8 @@ ROUND_COLUMNS = (
     "peak_tensor", "train_time", "round_time", "wall_time", "device_time", "device_wall_time", "bytes_up",
     "bytes_down",
 )
-CLIENT_COLUMNS = ("round", "budget", ESTIMATE, "device_time", "compute_time", "comm_time", "flops", TENSOR + "peak",
-                  *(TENSOR + c for c in CATEGORIES))
+CLIENT_COLUMNS = ("round", "budget", "need", "weight", "fits", ESTIMATE, "device_time", "compute_time", "comm_time",
+                  "flops", TENSOR + "peak", *(TENSOR + c for c in CATEGORIES))
 FLEET_COLUMNS = ("suite", "seed", "id", "budget", "flops", "up", "down")
 RUN_KEYS = ("label", "method", "seed")
 TARGET = 0.9  # time to target's accuracy when neither --target nor the suite's report.target gives one
@@ -134,6 +134,19 @@ def read_jsonl(path: Path, notes: list[str], name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def unselected_rows(round_line: dict[str, Any]) -> list[dict[str, Any]]:
+    """A round's unselected devices as the harness counts them (``client_lines = "selected"``): one
+    row per task offered, standing for ``weight`` devices of which ``fits`` fit it (its budget covers
+    the task), with the task's estimate; the device ids are negative, never a real device's."""
+    groups = round_line.get("unselected")
+    if not isinstance(groups, list):
+        return []
+    return [{**{k: v for k, v in g.items() if k not in ("estimate", "devices", "fit")}, "round": round_line["round"],
+             "device": -1 - i, "status": "unselected", "estimate": {"peak": g.get("estimate")},
+             "weight": g.get("devices"), "fits": g.get("fit")}
+            for i, g in enumerate(groups) if isinstance(g, dict)]
+
+
 def _identity(folder: Path) -> dict[str, Any] | None:
     """Which run a folder holds: from its manifest, else from its first record line."""
     candidates = [read_json(folder / "manifest.json", [], ""),
@@ -204,6 +217,7 @@ def load_suite(path: str | Path) -> Suite:
         rounds += run_rounds
         clients += [{**c, **identity}
                     for c in read_jsonl(folder / "clients.jsonl", notes, f"{run['dir']}/clients.jsonl")]
+        clients += [{**row, **identity} for r in run_rounds for row in unselected_rows(r)]
         expected = (manifest.get("config") or info.get("config") or {}).get("rounds")  # the run's own, as resumed
         recorded = len({r.get("round") for r in run_rounds})
         if expected and recorded < expected:

@@ -127,5 +127,8 @@ def fits_per_round(clients: pd.DataFrame) -> pd.DataFrame:
     (what the memory gate held against it: the estimate, plus the allocator's overhead where a
     GPU run gated on it and recorded ``need``)."""
     need = clients["need"].fillna(clients[ESTIMATE]) if "need" in clients else clients[ESTIMATE]
-    fits = need.le(clients["budget"]) & need.notna()
-    return (clients.assign(fits=fits).groupby(["label", "seed", "round"], as_index=False)["fits"].mean())
+    fits = (need.le(clients["budget"]) & need.notna()).astype(float)
+    weight = clients["weight"].fillna(1.0) if "weight" in clients else 1.0  # a row of unselected devices: many
+    counted = clients.assign(fit=clients["fits"].fillna(fits) if "fits" in clients else fits, weight=weight)
+    sums = counted.groupby(["label", "seed", "round"], as_index=False)[["fit", "weight"]].sum()
+    return sums.assign(fits=sums["fit"] / sums["weight"])[["label", "seed", "round", "fits"]]

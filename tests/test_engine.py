@@ -5,6 +5,7 @@ import io
 import json
 import typing
 
+import pandas as pd
 import pytest
 import torch
 from conftest import Lines, start, tiny_suite, write_toml
@@ -15,7 +16,7 @@ from harness.data import load_data
 from harness.engine import Run, plan_round, run_suite, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
-from harness.records import CHECKPOINT, read_jsonl
+from harness.records import CHECKPOINT, RecordsError, read_jsonl
 from harness.resume import RunExistsError
 from harness.seeds import seed_torch
 from harness.training import LR_SCHEDULES, NonFiniteLossError, round_optimizer
@@ -509,3 +510,46 @@ def test_tensorboard_tags_every_evaluated_model_and_leaves_out_what_a_round_has_
         "time/device_total_s": 6.0, "time/host_round_s": 0.5, "participation/took_part": 0.5,
         "participation/offered": 0.75, "participation/eligible": 0.75, "communication/up_MB": 1.0,
         "communication/down_MB": 2.0}
+
+
+def test_selected_client_lines_give_the_reports_every_number_the_full_lines_do(tmp_path, quiet):
+    """``client_lines = "selected"`` writes lines for the selected devices only and the rest as counts in
+    the round line; training is the same, and the report's summary, the fleet that fits per round and
+    the stage table read the same from either."""
+    from reports.load import load_suite
+    from reports.stages import stage_table
+    from reports.stats import fits_per_round
+    from reports.tables import summarize
+
+    over = dict(rounds=3, clients_per_round=3, fleet={"devices": 12, "low_mb": 0.1, "high_mb": 1.5},
+                methods=[{"method": "fedavg"}, {"method": "heterofl"}, {"method": "neulite"}])
+    folders = {mode: run_suite(tiny_suite(**over, client_lines=mode), tmp_path / mode, log=quiet)
+               for mode in ("all", "selected")}
+    suites = {mode: load_suite(folder) for mode, folder in folders.items()}
+    for label in ("fedavg", "heterofl", "neulite"):
+        full, few = (records(folders[mode] / f"{label}-seed0") for mode in ("all", "selected"))
+        assert [(c["round"], c["device"]) for c in few[1]] == [
+            (c["round"], c["device"]) for c in full[1] if c["status"] not in ("not_selected", "excluded")]
+        for a, b in zip(without_times(full[0]), without_times(few[0]), strict=True):
+            assert {k: v for k, v in b.items() if k not in ("unselected", "exclusions")} == a
+        for r, c in zip(few[0], [[c for c in full[1] if c["round"] == r["round"]] for r in few[0]], strict=True):
+            assert sum(g["devices"] for g in r["unselected"]) == len(c) - r["selected"]
+            assert sum(r["exclusions"].values()) == sum(x["status"] == "excluded" for x in c)
+    summaries = {mode: summarize(suite, 0.5)[0].drop(columns=["host_time"]) for mode, suite in suites.items()}
+    pd.testing.assert_frame_equal(summaries["all"], summaries["selected"])
+    pd.testing.assert_frame_equal(fits_per_round(suites["all"].clients), fits_per_round(suites["selected"].clients))
+    pd.testing.assert_frame_equal(stage_table(suites["all"].clients), stage_table(suites["selected"].clients))
+
+
+def test_selected_client_lines_resume_as_the_full_ones_do(tmp_path, quiet):
+    over = dict(client_lines="selected", fleet={"devices": 12})
+    run_suite(tiny_suite(rounds=1, **over), tmp_path / "cut", log=quiet)
+    run_suite(tiny_suite(rounds=2, **over), tmp_path / "cut", resume=True, log=quiet)
+    straight = run_suite(tiny_suite(rounds=2, **over), tmp_path / "straight", log=quiet)
+    cut = records(tmp_path / "cut" / "tiny" / "fedavg-seed0")
+    for a, b in zip(cut, records(straight / "fedavg-seed0"), strict=True):
+        assert without_times(a) == without_times(b)
+    path = tmp_path / "cut" / "tiny" / "fedavg-seed0" / "clients.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))  # a line of round 1 lost
+    with pytest.raises(RecordsError, match=r"client lines of rounds 1 in clients\.jsonl are missing or torn"):
+        run_suite(tiny_suite(rounds=3, **over), tmp_path / "cut", resume=True, log=quiet)

@@ -861,3 +861,12 @@ def test_the_report_command_printed_at_the_end_is_shell_quoted(tmp_path, capsys)
     out = tmp_path / "my runs"
     assert main(["run", str(suite), "--out", str(out)]) == 0
     assert f"report:  python -m reports '{out}/killme'" in capsys.readouterr().out
+
+
+def test_a_resume_with_nothing_past_the_checkpoint_rewrites_no_record_file(tmp_path, quiet):
+    """A resume's cost is what it checks: whole files are rewritten only to drop what lies past the checkpoint."""
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    run = tmp_path / "tiny" / "fedavg-seed0"
+    before = {name: (run / name).stat().st_ino for name in ("rounds.jsonl", "clients.jsonl")}
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert {name: (run / name).stat().st_ino for name in before} == before  # appended to, never replaced
