@@ -292,7 +292,10 @@ class Run:
         candidates = plan_round(self.method, rnd, self.fleet)
         chosen = select(candidates, self.cfg.clients_per_round, self.cfg.selection, self.seed, rnd)
         results, rows, times, stragglers, jobs = [], [], [], 0, []
+        every_line = self.cfg.client_lines == "all"
         for c in candidates:
+            if not every_line and c.position not in chosen:
+                continue  # counted in the round line instead
             row = self.client_row(rnd, c)
             rows.append(row)
             if c.position in chosen and not c.reason:
@@ -339,9 +342,8 @@ class Run:
         clock.device += device_round
         record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
         record.update(device_time=device_round, stragglers=stragglers, failed=failed)
-        if self.cfg.client_lines == "selected":  # the others as counts: what reports need of them
+        if not every_line:  # the others as counts: what reports need of them
             record.update(unselected_summary([c for c in candidates if c.position not in chosen]))
-            rows = [row for c, row in zip(candidates, rows, strict=True) if c.position in chosen]
         self.writer.append_round(record, rows)
         self.scalars.round(record)
         self.writer.save_checkpoint({"round": rnd, "wall_time": clock.wall, "device_time": clock.device,
