@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -1127,3 +1128,12 @@ def test_a_report_that_cannot_be_written_is_one_line(suite_dir, tmp_path, capsys
         assert main([str(suite_dir), "-o", str(out)]) in (1, 2)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and str(blocker) in err
+
+
+def test_a_path_that_is_not_utf8_is_printed_escaped_not_a_traceback(suite_dir, tmp_path):
+    out = os.fsencode(str(tmp_path)) + b"/\xff-report"
+    done = subprocess.run([os.fsencode(sys.executable), b"-m", b"reports", os.fsencode(str(suite_dir)), b"-o", out],
+                          capture_output=True, cwd=ROOT, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines()[-1].startswith("wrote ") and "\\udcff-report" in done.stdout.decode()
+    assert os.path.exists(out + b"/index.html")
