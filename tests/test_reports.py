@@ -1133,7 +1133,8 @@ def test_a_report_that_cannot_be_written_is_one_line(suite_dir, tmp_path, capsys
 def test_a_path_that_is_not_utf8_is_printed_escaped_not_a_traceback(suite_dir, tmp_path):
     out = os.fsencode(str(tmp_path)) + b"/\xff-report"
     done = subprocess.run([os.fsencode(sys.executable), b"-m", b"reports", os.fsencode(str(suite_dir)), b"-o", out],
-                          capture_output=True, cwd=ROOT, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"})
+                          capture_output=True, cwd=ROOT, check=False,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # as a UTF-8 terminal
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().splitlines()[-1].startswith("wrote ") and "\\udcff-report" in done.stdout.decode()
     assert os.path.exists(out + b"/index.html")
