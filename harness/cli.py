@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness import interrupts
-from harness.config import ConfigError, OptimizerConfig, load_suite
+from harness.config import ConfigError, OptimizerConfig
 from harness.data import DATASETS, PARTITIONS, Batches, DataError, PartitionError, load_data, random_bundle
 from harness.engine import (
     EXECUTORS,
@@ -31,10 +31,11 @@ from harness.markdown import markdown_head, markdown_row, markdown_table
 from harness.memory import CATEGORIES
 from harness.methods import METHODS, Estimator, Method, MethodContext, TaskError, TaskSpec
 from harness.models import MODELS, ModelSpec, input_error
-from harness.plugins import PluginError
+from harness.plugins import PluginError, load_plugins
 from harness.progress import counted
 from harness.records import RecordsError, device_name
 from harness.resume import RunExistsError
+from harness.suites import load_suite
 from harness.tables import full_model_task, standalone_context, tasks_of
 from harness.training import NonFiniteLossError, train_local
 
@@ -158,7 +159,8 @@ def measure_for_real(table: MemoryTable, method: Method, spec: TaskSpec) -> dict
 
 def measure_row(args: argparse.Namespace, index: int) -> dict[str, float]:
     """One row of ``--measure``, run in a fresh process so that no row inherits another's heap,
-    caches or interpreter warm-up."""
+    caches or interpreter warm-up (whose registries are filled here, as ``main`` fills them)."""
+    load_plugins()
     table = memory_table(args)
     _, method, spec = table.tasks[index]
     return measure_for_real(table, method, spec)
@@ -356,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with interrupts.sticky():
+            load_plugins()  # the built-in methods and FL_HARNESS_PLUGINS: every command may name one
             return args.func(args)
     except (ConfigError, DataError, PartitionError, RunExistsError, NonFiniteLossError, RecordsError,
             PluginError, RunLostError) as err:

@@ -6,6 +6,7 @@ runs it, so every executor gives the same records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,7 @@ from harness.data import Batches, DataBundle
 from harness.fleet import Device
 from harness.methods import ClientResult, Method, TaskSpec
 from harness.progress import Log
+from harness.registry import Registry
 from harness.seeds import derived_seed, seed_torch
 from harness.training import round_optimizer, train_local
 
@@ -92,10 +94,14 @@ class LocalClients:
         pass
 
 
+# Where a run trains its clients, by name: "local" (this process) here; harness.ray_executor
+# registers "ray" (worker actors, ``ray.client_workers``), which every trainer reaches through
+# the ``Clients`` interface alone.
+CLIENT_TRAINERS: Registry[Callable[[SuiteConfig, DataBundle, torch.device, Log], Clients]] = \
+    Registry("client trainer")
+CLIENT_TRAINERS.register("local")(LocalClients)
+
+
 def client_trainer(cfg: SuiteConfig, data: DataBundle, device: torch.device, log: Log) -> Clients:
     """Where a run trains its clients: in this process, or on Ray worker actors (``ray.client_workers``)."""
-    if cfg.ray.client_workers:
-        from harness.ray_executor import RayClients
-
-        return RayClients(cfg, data, device, log)
-    return LocalClients(cfg, data, device, log)
+    return CLIENT_TRAINERS["ray" if cfg.ray.client_workers else "local"](cfg, data, device, log)

@@ -253,8 +253,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_suite(path: str | Path, overrides: list[str] = ()) -> SuiteConfig:
-    """Read a suite file, apply overrides, validate everything that can be checked before training."""
+def read_suite(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """A suite file's raw table, with ``--set`` overrides applied (``harness.suites.load_suite``
+    parses and checks it)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -271,14 +272,16 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> SuiteConfig:
                           "command line, --set ray.address=ADDR, or in RAY_ADDRESS")
     for assignment in overrides:
         apply_override(raw, assignment)
-    return suite_from_dict(raw)
+    return raw
 
 
-def suite_from_dict(raw: dict[str, Any]) -> SuiteConfig:
+def parse_suite(raw: dict[str, Any]) -> SuiteConfig:
+    """The suite config from its raw table: keys and types, then values (ranges, cross-field rules,
+    safe names). Names against the registries are ``harness.suites``' to check."""
     raw = dict(raw)
     raw["methods"] = _method_entries(raw.get("methods", []))
     suite = from_dict(SuiteConfig, raw)
-    validate(suite)
+    check_values(suite)
     return suite
 
 
@@ -298,31 +301,15 @@ def _check_name(value: str, key: str) -> None:
            "(starting with a letter or digit, at most 100 characters)")
 
 
-def validate(suite: SuiteConfig) -> None:
-    """Ranges and cross-field rules; names are checked against the registries (the method
-    registry loads the built-in methods and ``FL_HARNESS_PLUGINS`` itself)."""
-    from harness.data import DATASETS, PARTITIONS
-    from harness.engine import EXECUTORS
-    from harness.fleet import FLEETS
-    from harness.methods import METHODS
-    from harness.models import MODELS
-
-    METHODS.names()  # imports the built-in methods and FL_HARNESS_PLUGINS, which may register any of the names below
+def check_values(suite: SuiteConfig) -> None:
+    """Ranges, cross-field rules and safe names: everything the schema alone can check."""
     for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_batch_size", "eval_every"):
         _check(getattr(suite, key) >= 1, f"{key} must be at least 1, got {getattr(suite, key)}")
     _check_name(suite.name, "name")
     _check(bool(suite.seeds), "seeds: give at least one seed")
     _check(all(0 <= s < 2**32 for s in suite.seeds), f"seeds must be in [0, 2**32), got {suite.seeds}")
     _check(len(set(suite.seeds)) == len(suite.seeds), f"seeds: repeated seed in {suite.seeds}")
-    _check(suite.data.name in DATASETS, f"data.name: unknown data set {suite.data.name!r}; "
-           f"allowed: {', '.join(DATASETS.names())}")
-    _check(suite.model.name in MODELS, f"model.name: unknown model {suite.model.name!r}; "
-           f"allowed: {', '.join(MODELS.names())}")
     _check(0 < suite.model.width <= 1, f"model.width must be in (0, 1], got {suite.model.width}")
-    _check(suite.data.partition in PARTITIONS, f"data.partition: unknown partition {suite.data.partition!r}; "
-           f"allowed: {', '.join(PARTITIONS.names())}")
-    _check(suite.fleet.distribution in FLEETS, f"fleet.distribution: unknown distribution "
-           f"{suite.fleet.distribution!r}; allowed: {', '.join(FLEETS.names())}")
     _check(0 < suite.data.alpha < math.inf, f"data.alpha must be positive and finite, got {suite.data.alpha}")
     _check(suite.data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(0 <= suite.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
@@ -330,9 +317,8 @@ def validate(suite: SuiteConfig) -> None:
     _check(suite.data.image_size >= 0, "data.image_size must be 0 or positive")
     _check(suite.data.synthetic_samples >= 50, "data.synthetic_samples must be at least 50 (a test split of 10 "
            f"and one sample a class), got {suite.data.synthetic_samples}")
-    devices = validate_fleet(suite.fleet)
-    _check(suite.clients_per_round <= devices,
-           f"clients_per_round ({suite.clients_per_round}) exceeds the fleet's {devices} devices")
+    _check(_finite(suite.fleet.low_mb, suite.fleet.high_mb, suite.fleet.median_mb, suite.fleet.sigma,
+                   *suite.fleet.tiers_mb), "fleet: budgets must be finite numbers of MB")
     _check(0 <= suite.deadline_s < math.inf, f"deadline_s must be >= 0 (0: no deadline), got {suite.deadline_s}")
     _check(0 < suite.optimizer.lr <= MAX_LR, f"optimizer.lr must be in (0, {MAX_LR:g}] (larger overflows the "
            f"weights in the first step), got {suite.optimizer.lr}")
@@ -340,18 +326,13 @@ def validate(suite: SuiteConfig) -> None:
     _check(suite.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
     _check(suite.measure.steps >= 1, "measure.steps must be at least 1")
     validate_ray(suite.ray)
-    _check(suite.executor in EXECUTORS, f"executor: unknown executor {suite.executor!r}; "
-           f"allowed: {', '.join(EXECUTORS.names())}")
     _check(bool(suite.methods), "methods: the suite names no method; add a [[methods]] table")
     labels = set()
     for i, entry in enumerate(suite.methods):
-        _check(entry.method in METHODS, f"methods[{i}].method: unknown method {entry.method!r}; "
-               f"allowed: {', '.join(METHODS.names())}")
         entry.label = entry.label or entry.method
         _check_name(entry.label, f"methods[{i}].label")
         _check(entry.label not in labels, f"methods[{i}]: label {entry.label!r} is used twice")
         labels.add(entry.label)
-        METHODS[entry.method].parse_params(entry.params, f"methods[{i}] ({entry.label})")
 
 
 def validate_ray(ray: RayConfig) -> None:
@@ -366,20 +347,6 @@ def validate_ray(ray: RayConfig) -> None:
 
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
-
-
-def validate_fleet(fleet: FleetConfig) -> int:
-    """What every distribution shares (speeds, finite budgets); then a build for seed 0, in which each
-    distribution checks its own parameters, a plugin's as the built-in ones. Returns the fleet's size."""
-    from harness.fleet import SPEED_RANGE, build_fleet, speed_ok
-
-    for key in ("gflops", "up_mbps", "down_mbps"):
-        values = getattr(fleet, key)
-        _check(bool(values) and all(speed_ok(v) for v in values),
-               f"fleet.{key}: give values in [{SPEED_RANGE[0]:g}, {SPEED_RANGE[1]:g}], got {values}")
-    _check(_finite(fleet.low_mb, fleet.high_mb, fleet.median_mb, fleet.sigma, *fleet.tiers_mb),
-           "fleet: budgets must be finite numbers of MB")
-    return len(build_fleet(fleet, 0))
 
 
 def to_dict(suite: SuiteConfig) -> dict[str, Any]:

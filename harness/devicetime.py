@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.estimate import TaskCost
 from harness.fleet import Device
-from harness.memory import TaskCost
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -476,11 +475,9 @@ class Shared:
 SuiteExecutor = Callable[[SuiteConfig, list[RunJob], Shared, bool, SuiteProgress], None]
 
 
-def _load_executors() -> None:
-    import_module("harness.ray_executor")  # registers "ray"; Ray itself is imported only when used
-
-
-EXECUTORS: Registry[SuiteExecutor] = Registry("executor", load=_load_executors)
+# "local" is below; harness.ray_executor registers "ray" (harness.suites imports it, so a loaded
+# suite finds both); Ray itself is imported only when used
+EXECUTORS: Registry[SuiteExecutor] = Registry("executor")
 
 
 @EXECUTORS.register("local")

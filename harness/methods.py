@@ -20,12 +20,12 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.config import ConfigError, OptimizerConfig, from_dict
 from harness.data import epoch_sizes
+from harness.estimate import TaskCost, estimate_task
 from harness.fleet import MB, Device
-from harness.memory import MemoryReport, TaskCost, estimate_task
+from harness.memory import MemoryReport
 from harness.memory.tracker import ModuleT, made_aside, tracker_aside
 from harness.models import BlockModel, ModelSpec, build_model
 from harness.models.base import NormLayer
-from harness.plugins import load_plugins
 from harness.registry import Registry
 from harness.training import LocalResult, Task, allocator_overhead, peak_batches
 
@@ -376,7 +376,9 @@ def over_budget(device: Device, spec: TaskSpec, need: int) -> str:
 
 
 MethodClass = type[Method]
-METHODS: Registry[MethodClass] = Registry("method", load=load_plugins)  # built-ins and FL_HARNESS_PLUGINS
+# filled by the method modules (baselines, neulite, FL_HARNESS_PLUGINS), which harness.plugins imports
+# for the entry points (harness.suites, the command line, a Ray worker)
+METHODS: Registry[MethodClass] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[MethodClass], MethodClass]:

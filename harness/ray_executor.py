@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from harness import interrupts
-from harness.clients import ClientFailure, ClientJob, log_if_slow, train_client
+from harness.clients import CLIENT_TRAINERS, ClientFailure, ClientJob, log_if_slow, train_client
 from harness.config import ConfigError, RayConfig, SuiteConfig
 from harness.data import DataBundle
 from harness.engine import EXECUTORS, Run, RunJob, RunLostError, Shared, suite_estimator
-from harness.memory.estimate import TaskCost
+from harness.estimate import TaskCost
 from harness.methods import ClientResult, Method, TaskError
+from harness.plugins import load_plugins
 from harness.progress import Log, SuiteProgress
 from harness.seeds import deterministic_kernels
 
@@ -122,6 +123,7 @@ def execute_run(cfg: SuiteConfig, job: RunJob, data: DataBundle, device: torch.d
     worker that died: it resumes from their last complete round."""
     use_threads(cfg.ray.num_cpus)
     deterministic_kernels()
+    load_plugins()  # a fresh worker process: the built-in methods and FL_HARNESS_PLUGINS
     estimator = suite_estimator(cfg, data, device, BoardStore(board))
     Run(cfg, job.entry, job.seed, data, device, job.folder, _print, estimator, verbose, job.tensorboard,
         job.allow_code_change).execute(True)
@@ -228,6 +230,7 @@ class ClientWorker:
         return os.getpid()
 
 
+@CLIENT_TRAINERS.register("ray")
 class RayClients:
     """Trains a round's clients on ``ray.client_workers`` actors, one client per actor at a time. A
     client whose actor died is tried again on a fresh one (``ray.client_retries``), then recorded

@@ -16,21 +16,13 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """A small named table: ``@registry.register("name")`` adds, ``registry["name"]`` looks up.
+    """A small named table: ``@registry.register("name")`` adds, ``registry["name"]`` looks up. It is
+    declared at the floor and filled by the modules that define its entries; an entry point imports
+    those (``harness.suites``, ``harness.plugins``), never the table itself."""
 
-    ``load`` (if given) is called once, before the first lookup, to import the modules whose
-    decorators fill the table, so that no caller needs a step of its own."""
-
-    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._load = load
-
-    def _loaded(self) -> dict[str, T]:
-        if self._load is not None:
-            self._load()  # a failing import raises here, every time, rather than leave the table half full
-            self._load = None
-        return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -43,17 +35,17 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         try:
-            return self._loaded()[name]
+            return self._entries[name]
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._entries))}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._loaded()
+        return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._loaded()))
+        return iter(sorted(self._entries))
 
     def names(self) -> list[str]:
-        return sorted(self._loaded())
+        return sorted(self._entries)

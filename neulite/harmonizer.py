@@ -10,12 +10,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from neulite.stages import StageModel
+
+class Staged(Protocol):
+    """What the harmonizer needs of a stage model (``neulite.stages.Staged``, which uses this
+    module's overlap): its blocks."""
+
+    blocks: nn.ModuleList
 
 
 def overlap_modules(block: nn.Module, overlap: int) -> list[nn.Module]:
@@ -28,7 +32,7 @@ def overlap_modules(block: nn.Module, overlap: int) -> list[nn.Module]:
     return convs[-overlap:] + norms[-overlap:]
 
 
-def copy_blocks(src: StageModel, dst: StageModel, indices: Iterable[int]) -> list[str]:
+def copy_blocks(src: Staged, dst: Staged, indices: Iterable[int]) -> list[str]:
     """Copy ``blocks[i]`` (parameters and buffers) from ``src`` to ``dst``; the keys copied."""
     keys = []
     for i in indices:
@@ -38,7 +42,7 @@ def copy_blocks(src: StageModel, dst: StageModel, indices: Iterable[int]) -> lis
     return keys
 
 
-def refresh(stages: list[StageModel], stage: int, full_trained: bool, from_full: bool) -> list[str]:
+def refresh(stages: list[Staged], stage: int, full_trained: bool, from_full: bool) -> list[str]:
     """Prepare ``stages[stage - 1]`` to train: the state-dict keys it received."""
     target = stages[stage - 1]
     keys = copy_blocks(stages[stage - 2], target, range(stage - 1)) if stage > 1 else []

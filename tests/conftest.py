@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from harness.config import SuiteConfig, suite_from_dict
+from harness.config import SuiteConfig
 from harness.plugins import load_plugins
 from harness.records import read_jsonl
+from harness.suites import suite_from_dict
 
 load_plugins()
 

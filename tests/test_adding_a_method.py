@@ -6,10 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from harness.config import suite_from_dict
 from harness.engine import run_suite
 from harness.methods import METHODS
 from harness.plugins import load_plugins
+from harness.suites import suite_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "adding-a-method.md"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import baselines  # noqa: F401  (registration)
-from harness.config import suite_from_dict
 from harness.engine import run_suite
+from harness.suites import suite_from_dict
 
 METHODS = ("heterofl", "fedrolex", "fjord", "depthfl")
 

@@ -7,7 +7,7 @@ import torch
 
 from harness.config import OptimizerConfig
 from harness.data import Batches, random_bundle
-from harness.memory import estimate_task
+from harness.estimate import estimate_task
 from harness.models import ModelSpec, build_model
 from harness.training import Task, train_local
 

@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_suite
 
 from harness.cli import build_parser, main, measure_rows
-from harness.config import load_suite
 from harness.data import load_data, partition
 from harness.engine import run_suite
 from harness.fleet import MB, build_fleet
+from harness.suites import load_suite
 from harness.summary import format_table, summary_table
 
 

@@ -7,8 +7,9 @@ import sys
 import pytest
 from conftest import REPO, tiny_raw, tiny_suite
 
-from harness.config import ConfigError, SuiteConfig, load_suite, suite_from_dict
+from harness.config import ConfigError, SuiteConfig
 from harness.methods import METHODS
+from harness.suites import load_suite, suite_from_dict
 
 
 def error_of(**over) -> str:
@@ -100,7 +101,7 @@ def test_a_plugin_may_register_what_a_suite_names(tmp_path):
         "MODELS.register('my_cnn')(MODELS['cnn'])\n")
     suite = tmp_path / "suite.toml"
     suite.write_text((REPO / "suites" / "quick.toml").read_text())
-    probe = (f"from harness.config import load_suite; s = load_suite({str(suite)!r}, ['data.partition=halves', "
+    probe = (f"from harness.suites import load_suite; s = load_suite({str(suite)!r}, ['data.partition=halves', "
              "'fleet.distribution=flat', 'data.name=my_digits', 'model.name=my_cnn']); "
              "print(s.data.partition, s.fleet.distribution, s.data.name, s.model.name)")
     env = {**os.environ, "FL_HARNESS_PLUGINS": "my_parts", "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}

@@ -12,9 +12,8 @@ from torch import nn
 from harness.config import OptimizerConfig
 from harness.devicetime import client_time, round_device_time
 from harness.engine import run_suite
+from harness.estimate import FlopCounter, TaskCost, estimate_task
 from harness.fleet import GFLOPS, MBITS, Device
-from harness.memory import TaskCost, estimate_task
-from harness.memory.estimate import FlopCounter
 from harness.methods import TaskSpec
 from harness.training import Task, make_optimizer, training_step
 

@@ -23,12 +23,13 @@ from PIL import Image
 
 from harness import interrupts
 from harness.cli import main
-from harness.config import ConfigError, DataConfig, suite_from_dict
+from harness.config import ConfigError, DataConfig
 from harness.data import PartitionError, load_data, partition
 from harness.data.datasets import DataError
 from harness.engine import run_suite
 from harness.memory import TensorTracker
 from harness.records import CHECKPOINT, RecordsError, RunWriter, SuiteLock, read_jsonl
+from harness.suites import suite_from_dict
 
 from helpers import records, without_times
 
@@ -511,9 +512,6 @@ def test_unwritable_output_and_full_disks_are_one_line(tmp_path, capsys, monkeyp
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_and_help_still_works(tmp_path, capsys, monkeypatch):
-    from harness.methods import METHODS
-    from harness.plugins import load_plugins
-
     (tmp_path / "bad_plugin.py").write_text("raise RuntimeError('broken on purpose')\n")
     (tmp_path / "twice_plugin.py").write_text(
         "from harness.methods import register_method\nfrom baselines.fedavg import FedAvg\n"
@@ -525,8 +523,7 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_help_still_works(tmp_path
     assert exit_help.value.code == 0
     for plugin, message in (("bad_plugin", "broken on purpose"), ("twice_plugin", "registered twice"),
                             ("exit_plugin", "it called sys.exit(0)")):  # not a run that did nothing and exited 0
-        monkeypatch.setenv("FL_HARNESS_PLUGINS", plugin)
-        monkeypatch.setattr(METHODS, "_load", load_plugins)  # as in a fresh process
+        monkeypatch.setenv("FL_HARNESS_PLUGINS", plugin)  # every command imports the plugins first
         capsys.readouterr()
         assert main(["list"]) == 2
         err = capsys.readouterr().err
@@ -686,7 +683,7 @@ def test_a_deleted_manifest_is_named_as_such(tmp_path, quiet):
 
 def test_a_suite_file_may_not_name_a_ray_cluster(tmp_path):
     """A shared suite file would join the cluster it names; the command line may."""
-    from harness.config import load_suite
+    from harness.suites import load_suite
 
     path = tmp_path / "s.toml"
     write_toml(path, rounds=1)

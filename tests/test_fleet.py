@@ -3,8 +3,9 @@
 import pytest
 from conftest import tiny_raw
 
-from harness.config import ConfigError, FleetConfig, suite_from_dict, validate_fleet
+from harness.config import ConfigError, FleetConfig
 from harness.fleet import FLEETS, MB, build_fleet
+from harness.suites import suite_from_dict, validate_fleet
 
 
 def budgets_mb(cfg: FleetConfig, seed: int = 0) -> list[float]:

@@ -14,9 +14,8 @@ import baselines  # noqa: F401  (registration)
 from harness.config import ConfigError, OptimizerConfig
 from harness.data import Batches, DataBundle
 from harness.engine import run_suite
+from harness.estimate import FlopCounter, estimate_task
 from harness.fleet import Device
-from harness.memory import estimate_task
-from harness.memory.estimate import FlopCounter
 from harness.methods import METHODS, TaskError, TaskSpec
 from harness.models import ModelSpec, build_model
 from harness.records import read_jsonl

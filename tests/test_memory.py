@@ -17,7 +17,8 @@ from torch import nn
 
 from harness.config import OptimizerConfig
 from harness.data import Batches, random_bundle
-from harness.memory import CATEGORIES, TensorTracker, estimate_task, sources
+from harness.estimate import estimate_task
+from harness.memory import CATEGORIES, TensorTracker, sources
 from harness.memory.tracker import MemoryReport, made_aside
 from harness.methods import load_weights
 from harness.models import ModelSpec, build_model

@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import OptimizerConfig, suite_from_dict
+from harness.config import OptimizerConfig
 from harness.engine import run_suite
+from harness.estimate import estimate_task
 from harness.fleet import Device
-from harness.memory import estimate_task
 from harness.methods import METHODS, Excluded, MethodContext, TaskSpec
 from harness.plugins import load_plugins
+from harness.suites import suite_from_dict
 from harness.training import make_optimizer, measure_task
 from neulite.harmonizer import overlap_modules, refresh
 from neulite.hsic import centred_kernel, gaussian_kernel, hsic_centred, nhsic

@@ -938,7 +938,7 @@ def test_records_api_returns_rounds_and_clients_in_one_call(suite_dir):
 
 
 def test_every_suite_that_ships_runs_three_seeds_or_more():
-    from harness.config import load_suite as load_suite_file
+    from harness.suites import load_suite as load_suite_file
 
     for path in sorted((ROOT / "suites").glob("*.toml")):
         assert len(load_suite_file(path).seeds) >= 3, path.name
@@ -946,7 +946,7 @@ def test_every_suite_that_ships_runs_three_seeds_or_more():
 
 def test_the_harness_api_needs_no_hidden_step():
     """``load_suite`` in a fresh interpreter finds the built-in methods on its own."""
-    probe = ("from harness.config import load_suite; "
+    probe = ("from harness.suites import load_suite; "
              "cfg = load_suite('suites/quick.toml', ['rounds=1']); print(cfg.methods[0].method)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "fedavg", done.stderr

@@ -1,7 +1,7 @@
-"""Training memory: measured (``tensor``, ``rss``, ``cuda``, ``nvml``) and estimated."""
+"""Training memory, measured (``tensor``, ``rss``, ``cuda``, ``nvml``); the estimate, which runs the
+training step under fake tensors, sits above training in ``harness.estimate``."""
 
 from harness.memory import sources
-from harness.memory.estimate import TaskCost, estimate_task
 from harness.memory.tracker import CATEGORIES, MemoryReport, TensorTracker
 
-__all__ = ["CATEGORIES", "MemoryReport", "TaskCost", "TensorTracker", "estimate_task", "sources"]
+__all__ = ["CATEGORIES", "MemoryReport", "TensorTracker", "sources"]

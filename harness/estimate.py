@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -20,10 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from harness.config import OptimizerConfig
-from harness.memory.tracker import MemoryReport
-
-if TYPE_CHECKING:
-    from harness.training import Task
+from harness.memory import MemoryReport
+from harness.training import Task, measure_steps, tensor_bytes
 
 
 class FlopCounter(TorchDispatchMode):
@@ -67,8 +64,6 @@ def estimate_task(build_task: Callable[[], Task], input_shape: tuple[int, ...], 
                   device: torch.device | str = "cpu") -> TaskCost:
     """Memory peak, FLOPs and bytes of ``steps`` training steps of ``build_task()`` at ``batch_size``,
     or of one step per batch size of a sequence (a client's short batches)."""
-    from harness.training import measure_steps, tensor_bytes
-
     device = torch.device(device)
     built = []
 
