@@ -19,20 +19,15 @@ from harness.clients import ClientFailure, ClientJob, Clients, client_trainer
 from harness.config import ConfigError, MethodEntry, SuiteConfig, to_dict
 from harness.data import Batches, DataBundle, load_data, partition, partition_report
 from harness.devicetime import DeviceTime, client_time, round_device_time
-from harness.fleet import MB, Device, build_fleet
-from harness.memory import MemoryReport
+from harness.fleet import MB, build_fleet
 from harness.methods import (
     METHODS,
-    ClientResult,
     CostStore,
     Estimator,
-    Excluded,
-    Method,
     MethodContext,
-    TaskSpec,
-    over_budget,
 )
 from harness.models import ModelSpec, input_error
+from harness.planning import Candidate, plan_round, select
 from harness.progress import Log, RunLog, SuiteProgress
 from harness.records import (
     RecordsError,
@@ -56,6 +51,7 @@ from harness.resume import (
     run_identity,
     suite_manifest,
 )
+from harness.round_records import client_row, round_row, trained_fields, unselected_summary
 from harness.scalars import TensorBoardLog, check_tensorboard, tensorboard_root
 from harness.seeds import derived_seed, deterministic_kernels
 from harness.summary import format_table, summary_table
@@ -80,76 +76,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class Candidate:
-    device: Device
-    position: int  # index into the fleet and the partition
-    spec: TaskSpec | None  # the task offered (for an excluded device: the smallest one, if any)
-    estimate: MemoryReport | None
-    need: int | None  # the bytes the memory gate holds against the budget (the estimate, plus on a GPU
-    # with measure.gate = "allocator" the allocator's overhead); None without a task
-    reason: str = ""
-
-
-def plan_round(method: Method, rnd: int, fleet: list[Device]) -> list[Candidate]:
-    """Every device's task and estimate; the memory gate excludes a task over the budget."""
-    candidates = []
-    for position, device in enumerate(fleet):
-        choice = method.choose(rnd, device)
-        if isinstance(choice, Excluded):
-            spec = choice.spec  # the smallest task offered, if any: what the device would need to take part
-            if spec is None:
-                candidates.append(Candidate(device, position, None, None, None, choice.reason))
-            else:
-                candidates.append(Candidate(device, position, spec, method.estimate(spec, device),
-                                            method.need(spec, device), choice.reason))
-            continue
-        estimate, need = method.estimate(choice, device), method.need(choice, device)
-        reason = ""
-        if method.respects_budgets and need > device.budget:
-            reason = over_budget(device, choice, need)
-        candidates.append(Candidate(device, position, choice, estimate, need, reason))
-    return candidates
-
-
-def unselected_summary(candidates: list[Candidate]) -> dict[str, Any]:
-    """The devices a round did not select, as counts (``client_lines = "selected"``): per task
-    offered (its estimate and gate bytes), how many devices were offered it and how many it fits;
-    and the exclusions by kind. Enough for what the reports take from client lines: the fleet that
-    fits, the smallest and largest task, the stages."""
-    tasks: dict[tuple, dict[str, Any]] = {}
-    exclusions: dict[str, int] = {}
-    for c in candidates:
-        spec = c.spec.to_record() if c.spec is not None else {"task": None}
-        peak = c.estimate.peak if c.estimate is not None else None
-        group = tasks.setdefault(repr((spec, peak, c.need)),
-                                 {**spec, "estimate": peak, "need": c.need, "devices": 0, "fit": 0})
-        group["devices"] += 1
-        group["fit"] += c.need is not None and c.need <= c.device.budget
-        if c.reason:
-            kind = "over budget" if c.need is not None and c.need > c.device.budget else c.reason
-            exclusions[kind] = exclusions.get(kind, 0) + 1
-    return {"unselected": list(tasks.values()), "exclusions": exclusions}
-
-
-@dataclass
 class Clock:
     """Cumulative time of a run: the host's wall time (the simulator's cost) and the simulated
     time on the devices (synchronous rounds, each as long as its slowest participant)."""
 
     wall: float = 0.0
     device: float = 0.0
-
-
-def select(candidates: list[Candidate], k: int, policy: str, seed: int, rnd: int) -> set[int]:
-    """Positions sampled to train: ``k`` from those offered a task (``eligible``) or from all (``uniform``)."""
-    pool = [c.position for c in candidates if not c.reason or policy == "uniform"]
-    return sample(pool, k, seed, rnd)
-
-
-def sample(pool: list[int], k: int, seed: int, rnd: int) -> set[int]:
-    """``k`` of ``pool`` drawn for round ``rnd`` of the run seeded ``seed``."""
-    g = torch.Generator().manual_seed(derived_seed(seed, rnd, 0xC11E47))
-    return {pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()}
 
 
 def evaluates(cfg: SuiteConfig, rnd: int) -> bool:
@@ -198,6 +130,7 @@ class Run:
         self.calibration = Batches(data, mixed(len(data.train_y)), cfg.eval_batch_size, device) \
             if self.method.calibrates else None
         self.tag = f"[{entry.label} seed {seed}]"
+        self.identity = {"label": entry.label, "method": entry.method, "seed": seed}  # on every record line
         self.measured: set[str] = set()  # task shapes measured so far (``measure.clients = "shapes"``)
 
     def manifest(self) -> dict[str, Any]:
@@ -295,7 +228,7 @@ class Run:
         for c in candidates:
             if not every_line and c.position not in chosen:
                 continue  # counted in the round line instead
-            row = self.client_row(rnd, c)
+            row = client_row(self.identity, rnd, c)
             rows.append(row)
             if c.position in chosen and not c.reason:
                 on_device = self.device_time(c)
@@ -323,7 +256,7 @@ class Run:
                 continue
             results.append(outcome)
             times.append(on_device)
-            row.update(self.trained_fields(outcome, c.estimate))
+            row.update(trained_fields(outcome, c.estimate))
         if results:
             self.method.aggregate(rnd, results)
         evaluated = evaluates(self.cfg, rnd)
@@ -339,7 +272,8 @@ class Run:
         device_round = round_device_time(times, self.cfg.deadline_s, stragglers)
         clock.wall += round_time
         clock.device += device_round
-        record = self.round_row(rnd, candidates, chosen, results, evals, round_time, clock)
+        times = {"round_time": round_time, "wall_time": clock.wall, "device_wall_time": clock.device}
+        record = round_row(self.identity, rnd, candidates, chosen, results, evals, times, self.method.round_info(rnd))
         record.update(device_time=device_round, stragglers=stragglers, failed=failed)
         if not every_line:  # the others as counts: what reports need of them
             record.update(unselected_summary([c for c in candidates if c.position not in chosen]))
@@ -364,50 +298,6 @@ class Run:
         memory depends on, and what the estimate is kept by)."""
         sizes = self.ctx.estimator.batch_sizes(self.ctx.samples(c.device), c.spec.micro_batch)
         return repr((c.spec, sizes))
-
-    def client_row(self, rnd: int, c: Candidate) -> dict[str, Any]:
-        row = {"round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
-               "device": c.device.id, "budget": c.device.budget,
-               "status": "excluded" if c.reason else "trained", "reason": c.reason, "task": None,
-               "estimate": c.estimate.to_record() if c.estimate else None}
-        if c.spec is not None:
-            row.update(c.spec.to_record())
-            if c.need != c.estimate.peak:  # the allocator gate's estimate plus overhead
-                row["need"] = c.need
-        return row
-
-    @staticmethod
-    def trained_fields(result: ClientResult, estimate: MemoryReport) -> dict[str, Any]:
-        """A trained client's record. Its peak is the measured one, or, for a client not measured
-        (its task shape was), its task's estimate (``memory`` null, ``measured`` false)."""
-        local = result.local
-        measured = bool(local.memory)
-        peak = local.memory["tensor"]["peak"] if measured else estimate.peak
-        return {"memory": local.memory or None, "measured": measured, "over_budget": peak > result.device.budget,
-                "samples": local.num_samples, "steps": local.steps, "train_loss": local.train_loss,
-                "train_time": local.train_time, "bytes_up": local.bytes_up, "bytes_down": local.bytes_down}
-
-    def round_row(self, rnd: int, candidates: list[Candidate], chosen: set[int], results: list[ClientResult],
-                  evals: dict[str, tuple[float | None, float | None]], round_time: float,
-                  clock: Clock) -> dict[str, Any]:
-        trained = {r.device.id for r in results}
-        estimates = [c.estimate.peak for c in candidates if c.device.id in trained]
-        headline = next(iter(evals.values()), (None, None))
-        offered = [c for c in candidates if not c.reason]  # plain FedAvg offers its task to every device
-        eligible = sum(c.need <= c.device.budget for c in offered)
-        return {
-            "round": rnd, "label": self.entry.label, "method": self.entry.method, "seed": self.seed,
-            "accuracy": headline[0], "loss": headline[1],
-            "evals": {name: {"accuracy": acc, "loss": loss} for name, (acc, loss) in evals.items()},
-            "devices": len(candidates), "eligible": eligible, "offered": len(offered),
-            "selected": len(chosen), "participated": len(results), "excluded": len(candidates) - len(offered),
-            "peak_tensor": max((r.local.memory["tensor"]["peak"] for r in results if r.local.memory), default=None),
-            "peak_estimate": max(estimates, default=None),
-            "train_time": sum(r.local.train_time for r in results), "round_time": round_time,
-            "wall_time": clock.wall, "device_wall_time": clock.device,
-            "bytes_up": sum(r.local.bytes_up for r in results),
-            "bytes_down": sum(r.local.bytes_down for r in results), **self.method.round_info(rnd),
-        }
 
     def log_round(self, r: dict[str, Any]) -> None:
         acc = "  n/a " if r["accuracy"] is None else f"{100 * r['accuracy']:5.1f}%"

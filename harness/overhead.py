@@ -27,12 +27,12 @@ from harness.engine import (
     resolve_device,
     run_name,
     run_suite,
-    sample,
     suite_model_spec,
 )
 from harness.fleet import build_fleet
 from harness.methods import weighted_average
 from harness.models import build_model
+from harness.planning import sample
 from harness.progress import counted
 from harness.records import RunWriter, read_jsonl
 from harness.seeds import derived_seed

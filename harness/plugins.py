@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 
-BUILTIN = ("baselines", "neulite")
+from harness.registry import BUILTIN, plugin_names
 
 
 class PluginError(RuntimeError):
     """A method module that does not import (or registers a name twice)."""
-
-
-def plugin_names() -> list[str]:
-    """The modules named in ``FL_HARNESS_PLUGINS``."""
-    return [m.strip() for m in os.environ.get("FL_HARNESS_PLUGINS", "").split(",") if m.strip()]
 
 
 def load_plugins() -> None:

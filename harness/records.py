@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import torch
 
+from harness.registry import BUILTIN, plugin_names
 from harness.schema import SCHEMAS, line_problem
 
 MANIFEST, ROUNDS, CLIENTS, CHECKPOINT = "manifest.json", "rounds.jsonl", "clients.jsonl", "checkpoint.pt"
@@ -129,8 +130,6 @@ def git_commit() -> str | None:
 def source_files(plugins: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
     """The Python files of the code that makes records (the harness, the built-in methods, the
     ``plugins`` modules), each with a name that does not depend on where it is installed."""
-    from harness.plugins import BUILTIN
-
     files = []
     for name in ("harness", *BUILTIN, *plugins):
         spec = importlib.util.find_spec(name)
@@ -146,8 +145,6 @@ def source_files(plugins: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
 def code_identity() -> dict[str, str | None]:
     """Which code writes a run: its commit and a hash of its source files (``FL_HARNESS_PLUGINS``
     modules included), so that an uncommitted edit (which the commit does not show) tells as well."""
-    from harness.plugins import plugin_names
-
     return _code_identity(tuple(plugin_names()))
 
 

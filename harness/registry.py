@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+BUILTIN = ("baselines", "neulite")  # the packages whose modules register the built-in methods
+
+
+def plugin_names() -> list[str]:
+    """The modules named in ``FL_HARNESS_PLUGINS``, which register a user's own methods (imported by
+    ``harness.plugins``; named here, at the floor, for what records the code a run ran)."""
+    return [m.strip() for m in os.environ.get("FL_HARNESS_PLUGINS", "").split(",") if m.strip()]
 
 
 class UnknownNameError(KeyError):

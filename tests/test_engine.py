@@ -13,9 +13,10 @@ from conftest import Lines, start, tiny_suite, write_toml
 import harness.methods as methods_module
 from harness.config import ConfigError, OptimizerConfig
 from harness.data import load_data
-from harness.engine import Run, plan_round, run_suite, suite_estimator
+from harness.engine import Run, run_suite, suite_estimator
 from harness.fleet import MB, Device
 from harness.methods import TaskSpec, over_budget
+from harness.planning import plan_round
 from harness.records import CHECKPOINT, RecordsError, read_jsonl
 from harness.resume import RunExistsError
 from harness.seeds import seed_torch

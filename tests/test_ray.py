@@ -17,8 +17,9 @@ from harness.cli import main
 from harness.clients import ClientJob, train_client
 from harness.config import ConfigError, RayConfig
 from harness.data import load_data
-from harness.engine import Run, RunLostError, check_ray, plan_round, run_suite, suite_estimator
+from harness.engine import Run, RunLostError, check_ray, run_suite, suite_estimator
 from harness.methods import ClientResult
+from harness.planning import plan_round
 from harness.ray_executor import run_slots
 from harness.records import CHECKPOINT, read_jsonl
 
