@@ -1138,3 +1138,30 @@ def test_a_path_that_is_not_utf8_is_printed_escaped_not_a_traceback(suite_dir, t
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().splitlines()[-1].startswith("wrote ") and "\\udcff-report" in done.stdout.decode()
     assert os.path.exists(out + b"/index.html")
+
+
+def test_a_render_writes_every_file_under_the_folders_lock(suite_dir, tmp_path, monkeypatch):
+    """Two renders at once once broke index.html: a render writes only while it holds the folder's
+    lock, which a second render (another open of the lock file) cannot take until it is released."""
+    import fcntl
+
+    import reports.render as rendering
+
+    events = []
+    real_replace = rendering.replace_file
+    monkeypatch.setattr(rendering.RenderLock, "__enter__",
+                        lambda self, enter=rendering.RenderLock.__enter__: (events.append("lock"), enter(self))[1])
+    monkeypatch.setattr(rendering.RenderLock, "__exit__",
+                        lambda self, *exc, leave=rendering.RenderLock.__exit__: (events.append("unlock"), leave(self)))
+    monkeypatch.setattr(rendering, "replace_file", lambda *a: (events.append("write"), real_replace(*a))[1])
+    out = tmp_path / "report"
+    render(suite_dir, out, target=TARGET)
+    assert events[0] == "lock" and events[-1] == "unlock" and events.count("write") >= 3
+    monkeypatch.undo()
+    with rendering.RenderLock(out):
+        other = os.open(out / ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
