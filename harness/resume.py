@@ -33,12 +33,13 @@ class RunExistsError(RuntimeError):
 # Config keys added since records were first written, at the value that does what the versions
 # before them did: records without them resume as if they had them. Only keys listed here: for
 # others (deadline_s, the fleet's speeds) the old records lack state the run needs.
-ADDED_KEYS: dict[str, dict[str, Any]] = {"optimizer": {"schedule": "constant"}}
+ADDED_KEYS: dict[str, Any] = {"optimizer": {"schedule": "constant"}, "client_lines": "all"}
 
 
 def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
-    return {part: {**ADDED_KEYS.get(part, {}), **values} if isinstance(values, dict) else values
-            for part, values in config.items()}
+    top = {key: value for key, value in ADDED_KEYS.items() if not isinstance(value, dict)}
+    return {**top, **{part: {**ADDED_KEYS.get(part, {}), **values} if isinstance(values, dict) else values
+                      for part, values in config.items()}}
 
 
 def without_resumable(config: dict[str, Any]) -> dict[str, Any]:

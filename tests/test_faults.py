@@ -867,3 +867,14 @@ def test_a_resume_with_nothing_past_the_checkpoint_rewrites_no_record_file(tmp_p
     before = {name: (run / name).stat().st_ino for name in ("rounds.jsonl", "clients.jsonl")}
     run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
     assert {name: (run / name).stat().st_ino for name in before} == before  # appended to, never replaced
+
+
+def test_records_from_before_client_lines_existed_resume(tmp_path, quiet):
+    """A config key added later (``client_lines``) reads as its old behaviour in older records."""
+    run_suite(tiny_suite(rounds=1), tmp_path, log=quiet)
+    path = tmp_path / "tiny" / "fedavg-seed0" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["client_lines"]
+    path.write_text(json.dumps(manifest))
+    run_suite(tiny_suite(rounds=2), tmp_path, resume=True, log=quiet)
+    assert len(read_jsonl(tmp_path / "tiny" / "fedavg-seed0" / "rounds.jsonl")) == 2
