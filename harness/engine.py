@@ -108,6 +108,7 @@ class Run:
         self.writer = RunWriter(folder)
         self.scalars = TensorBoardLog(tensorboard)
         self.allow_code_change = allow_code_change  # a resume may continue with other code (both recorded)
+        self.new_code = False  # check() found the resume's code other than the records' (and it was allowed)
         self.fleet = build_fleet(cfg.fleet, seed)
         if cfg.clients_per_round > len(self.fleet):
             raise ConfigError(f"clients_per_round ({cfg.clients_per_round}) exceeds the fleet's "
@@ -170,8 +171,8 @@ class Run:
             raise ConfigError(f"cannot resume {self.writer.folder} with rounds = {self.cfg.rounds}: it has {done} "
                               "rounds recorded; a resume may add rounds, never drop them")
         self.writer.check_whole(done, len(self.fleet) if self.cfg.client_lines == "all" else None)
-        if done < self.cfg.rounds:  # rounds to make: by the code that made the others, unless allowed
-            code_changed(self.writer, self.allow_code_change)
+        # rounds to make: by the code that made the others, unless allowed
+        self.new_code = done < self.cfg.rounds and code_changed(self.writer, self.allow_code_change)
         if checkpoint is not None:
             self.load_state(checkpoint)  # here, before anything is written: state that no longer fits
         return checkpoint
@@ -205,7 +206,7 @@ class Run:
             if first <= self.cfg.rounds:
                 self.log(f"{self.tag} resuming after round {done}")
                 record_rounds_asked(self.writer, self.cfg.rounds)
-                if code_changed(self.writer, allow=True):  # allowed, or check() had refused it
+                if self.new_code:
                     record_code_change(self.writer, done)
                     self.log(f"{self.tag} continues with other code (--allow-code-change): both recorded")
         if first > self.cfg.rounds:

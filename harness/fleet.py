@@ -154,12 +154,11 @@ def trace(cfg: FleetConfig, g: torch.Generator) -> list[Device]:
                                       f"{'an integer' if column == 0 else 'a number'}; columns: {TRACE_COLUMNS}") \
                         from None
             ident, memory, gflops, up, down = values
-            device = Device(ident, int(memory * MB), gflops * GFLOPS, up * MBITS, down * MBITS)
-            if device.id < 0 or device.budget <= 0 or not all(math.isfinite(v) for v in (memory, gflops, up, down)) \
-                    or not all(speed_ok(v) for v in (gflops, up, down)):
+            if ident < 0 or not 0 < memory * MB < math.inf or int(memory * MB) == 0 \
+                    or not all(speed_ok(v) for v in (gflops, up, down)):  # speed_ok: finite too
                 raise ConfigError(f"fleet.trace: {path}:{line_no}: device ids must be >= 0, memory positive and "
                                   f"speeds in [{SPEED_RANGE[0]:g}, {SPEED_RANGE[1]:g}] (GFLOP/s, Mbit/s)")
-            devices.append(device)
+            devices.append(Device(ident, int(memory * MB), gflops * GFLOPS, up * MBITS, down * MBITS))
     if not devices:
         raise ConfigError(f"fleet.trace: {path} lists no device")
     if len({d.id for d in devices}) != len(devices):

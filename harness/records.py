@@ -193,11 +193,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete records only: a torn line (a killed writer; cut inside a character, or foreign
     bytes, it is not even text), or one that is not a record line of its file (``harness.schema``:
     a key missing, a round given as text), is skipped, and reads as missing where it matters."""
-    if not path.exists():
-        return []
-    schema = SCHEMAS[path.name]
+    return parse_jsonl(path.read_bytes().splitlines(), path.name) if path.exists() else []
+
+
+def parse_jsonl(lines: list[bytes], name: str) -> list[dict[str, Any]]:
+    """The record lines of file ``name`` among ``lines`` (see ``read_jsonl``)."""
+    schema = SCHEMAS[name]
     rows = []
-    for line in path.read_bytes().splitlines():
+    for line in lines:
         try:
             row = json.loads(line.decode())
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -300,8 +303,9 @@ class RunWriter:
         for name in (ROUNDS, CLIENTS):
             path = self.folder / name
             if path.exists():
-                keep = [r for r in read_jsonl(path) if r["round"] <= last_round]
-                if len(keep) == len(path.read_bytes().splitlines()):
+                lines = path.read_bytes().splitlines()
+                keep = [r for r in parse_jsonl(lines, name) if r["round"] <= last_round]
+                if len(keep) == len(lines):
                     continue  # nothing past the checkpoint and nothing torn: no rewrite (a no-op resume)
                 tmp = path.with_suffix(".tmp")
                 with open_new(tmp) as f:

@@ -83,8 +83,8 @@ class Suite:
     @property
     def families(self) -> dict[str, str]:
         """Each label's kind of method ("width scaling"), as its manifest records it."""
-        known_last = self.runs.sort_values("family", key=lambda f: f != "other", kind="stable")  # a run not started
-        return dict(zip(known_last["label"], known_last["family"], strict=True))  # says other: a seed that ran wins
+        known = self.runs[self.runs["family"] != "other"]  # a run not started (or recorded before) says other
+        return {label: "other" for label in self.labels} | dict(zip(known["label"], known["family"], strict=True))
 
     @property
     def suites(self) -> dict[str, str]:

@@ -66,6 +66,8 @@ def test_speeds_are_drawn_per_device_without_moving_the_budgets():
     ("1,5\n2,5,fast\n", r"fleet.csv:2: column 3 \(gflops\) is not a number"),
     ("1,5\n7\n", r"fleet.csv:2: 1 column\(s\); expected device_id,memory_mb"),
     ("1,-5\n", "memory positive"),
+    ("1,inf\n", "memory positive"),  # not an OverflowError
+    ("1,nan\n", "memory positive"),
     ("1,5,-2\n", r"speeds in \[1e-06, 1e\+09\]"),
     ("device_id,memory_mb,speed\n1,5,1.0\n", "now gflops"),
     ("1,5\n1,6\n", "repeats"),
