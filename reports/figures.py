@@ -386,8 +386,10 @@ def separated_front(x: np.ndarray, low: np.ndarray, high: np.ndarray, on_front: 
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, str] | None = None) -> Figure | None:
     """Accuracy (each seed's last tenth of rounds) against the memory a device needs to take part
     (the method's smallest task), a bar to its largest task; the front joins the methods no other
-    beats whose intervals separate; with ``fronts`` (label -> suite: suites on different data or
-    models compared) one front per suite, since a front across them would trade unlike things.
+    beats whose intervals separate, of those at their plateau (a moving accuracy is no trade-off
+    yet: such a point is named "(moving)" and left off the front); with ``fronts`` (label -> suite:
+    suites on different data or models compared) one front per suite, since a front across them
+    would trade unlike things.
     Every point sits at its own values (none is moved along an axis to make room) and is named;
     the names of points on nearly one memory value are spread apart, with a leader line each."""
     points = summary.dropna(subset=["task_min_mb", "final"])
@@ -399,11 +401,12 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
     span = max(largest.max() - x.min(), largest.max() * 0.05, 1e-9)
     labels = list(points.index)
     feasible = np.array([not styles[label].get("over_budget") for label in labels])
+    moving = points["moving"].to_numpy(bool) if "moving" in points else np.zeros(len(labels), dtype=bool)
     low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
     group_of = np.array([fronts[label] if fronts else "" for label in labels])
     on_front = np.zeros(len(labels), dtype=bool)
     for name in np.unique(group_of):
-        own = (group_of == name) & feasible  # over budget: no trade-off
+        own = (group_of == name) & feasible & ~moving  # over budget or still moving: no trade-off
         on_front |= separated_front(x, low.to_numpy(float), high.to_numpy(float),
                                     pareto_front(np.where(own, x, np.nan), y))
     pad = 0.05 * max(high.max() - low.min(), 0.05)
@@ -424,11 +427,14 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
             if on_front[i]:
                 ax.scatter([x[i]], [y[i]], s=200, facecolor="none", edgecolor="0.3", linewidth=1.0,
                            gid=f"front {label}")
-            ax.annotate(style["name"], (x[i], y[i]), xytext=(name_x, name_y), textcoords="data", ha=align,
-                        va="bottom", fontsize="x-small", color=style["color"], gid=f"name {label}",  # above its bar
+            ax.annotate(style["name"] + (" (moving)" if moving[i] else ""), (x[i], y[i]), xytext=(name_x, name_y),
+                        textcoords="data", ha=align, va="bottom", fontsize="x-small", color=style["color"],
+                        gid=f"name {label}",  # above its bar
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     for k, name in enumerate(np.unique(group_of)):
         front = points[on_front & (group_of == name)].sort_values("task_min_mb")
+        if front.empty:
+            continue
         ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linewidth=1.2,
                 linestyle=(":", "-.", "--", (0, (1, 3)))[k % 4], gid=f"pareto {name}".strip(),
                 label="Pareto front" + (f" of {name}" if name else "") + ", intervals apart"
@@ -437,7 +443,9 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
     ax.set(xlabel="Memory a device needs to take part (MB: smallest task, estimated; bar to the largest)",
            ylabel="Test accuracy (last 10% of rounds)", title="Memory against accuracy (up and left is better)")
     bars = interval_note(points["seeds"]) if "seeds" in points else None
-    notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None]
+    notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None,
+             "(moving): not at its plateau, so off the front" if moving.any() else None,
+             "no front: no method within budget is at its plateau" if not on_front.any() else None]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 

@@ -43,8 +43,10 @@ FIGURES = {
                            "(its smallest task's estimated peak; the horizontal bar reaches its largest task), "
                            "every point at its own values and labelled. The dotted front joins the methods "
                            "whose mean no other beats on both, keeping only those whose interval lies above "
-                           "the cheaper front method's (a costlier method not shown better is left off). "
-                           "Hollow: a method that ran over its clients' budgets."),
+                           "the cheaper front method's (a costlier method not shown better is left off), "
+                           "and only methods at their plateau: one still moving is named '(moving)' and left "
+                           "off, since more rounds would move it. Hollow: a method that ran over its clients' "
+                           "budgets."),
     "neulite_stage_memory": ("NeuLite: memory per stage",
                              "Highest measured tensor peak per NeuLite stage, stacked by category."),
     "neulite_stage_accuracy": ("NeuLite: accuracy per stage",
@@ -65,8 +67,10 @@ SUMMARY_TEXT = (
     "over the last 20% is the last tenth's mean minus the tenth's before it (mean over seeds): a method "
     "that moved more than 1.5 points is not at its plateau, and a note says so. Against the best compares "
     "each interval with that of the best method within its budgets: 'not separable' where they overlap "
-    "(these seeds cannot tell the two apart), 'n/a' without an interval. Best is each seed's highest "
-    "round, picked on the test set and so optimistic (compare methods on the headline). A task's peak is "
+    "(these seeds cannot tell the two apart), 'n/a' without an interval, '(moving)' where this method or "
+    "the best is not at its plateau (the verdict holds for this round and may change with more rounds). "
+    "Best is each seed's highest round, picked on the test set and so optimistic (compare methods on the "
+    "headline). A task's peak is "
     "its estimated training memory (equal to the measured one unless a note says otherwise); the "
     "smallest task is what a device needs to take part at all. Fleet that fits is the share of devices whose budget "
     "covers the task offered to them, over budget the share of trained clients whose measured peak "

@@ -189,6 +189,7 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     speedups = pd.DataFrame([_speedup(summary, label, ref, whole) for label, ref in summary["reference"].items()],
                             index=summary.index, columns=["speedup", "speedup_lo", "speedup_hi"])
     summary = summary.drop(columns="ttt_seeds").join(speedups)
+    summary["moving"] = summary["change"].abs() > PLATEAU  # not at its plateau (nan: too few rounds to tell)
     summary["versus_best"] = _versus_best(summary)
     timed = summary["reached"].notna() & (summary["seeds"] > 0)  # labels whose records carry device time
     none_reached = bool(timed.any()) and bool((summary.loc[timed, "reached"] == 0).all())
@@ -216,11 +217,13 @@ def _speedup(summary: pd.DataFrame, label: str, ref: Any, whole: pd.Series) -> t
 
 
 BEST, NOT_SEPARABLE, BELOW, ABOVE, NO_INTERVAL = "best", "not separable", "below", "above", "n/a"
+MOVING = " (moving)"  # the label or the best is not at its plateau: more rounds may change the verdict
 
 
 def _versus_best(summary: pd.DataFrame) -> list[str]:
     """Each label against the best accuracy among the labels within their budgets: whether their
-    intervals overlap (then the two cannot be told apart on these seeds)."""
+    intervals overlap (then the two cannot be told apart on these seeds); marked ``MOVING`` where
+    either is not at its plateau, since the verdict is then about a round, not about the methods."""
     feasible = summary[(summary["over_budget"].fillna(0) == 0) & summary["final"].notna()]
     if feasible.empty:
         return [NO_INTERVAL] * len(summary)
@@ -229,13 +232,15 @@ def _versus_best(summary: pd.DataFrame) -> list[str]:
     out = []
     for label, row in summary.iterrows():
         if label == best:
-            out.append(BEST)
+            verdict = BEST
         elif math.isnan(row["final"]) or math.isnan(row["final_lo"]) or math.isnan(top[0]):
             out.append(NO_INTERVAL)
+            continue
         elif overlaps((row["final_lo"], row["final_hi"]), top):
-            out.append(NOT_SEPARABLE)
+            verdict = NOT_SEPARABLE
         else:
-            out.append(ABOVE if row["final"] > summary.loc[best, "final"] else BELOW)
+            verdict = ABOVE if row["final"] > summary.loc[best, "final"] else BELOW
+        out.append(verdict + (MOVING if row["moving"] or summary.loc[best, "moving"] else ""))
     return out
 
 

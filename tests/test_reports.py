@@ -241,15 +241,38 @@ def test_a_runs_ending_is_its_last_tenth_and_its_change_the_tenth_before():
     assert math.isnan(plateau_change(values[:1]))
 
 
+def settled(rounds: pd.DataFrame) -> pd.DataFrame:
+    """``rounds`` with every run's round 4 set to its round 5: each run at its plateau (change 0)."""
+    rounds = rounds.copy()
+    fifth = rounds[rounds["round"] == 5].set_index(["label", "seed"])["accuracy"]
+    fourth = rounds["round"] == 4
+    rounds.loc[fourth, "accuracy"] = [fifth[key] for key in zip(rounds.loc[fourth, "label"], rounds.loc[fourth, "seed"])]
+    return rounds
+
+
 def test_methods_whose_interval_overlaps_the_best_ones_are_not_separable(suite):
-    rounds = suite.rounds.copy()
-    close = (rounds["label"] == "heterofl") & (rounds["round"] == 5)
+    rounds = settled(suite.rounds)
+    close = (rounds["label"] == "heterofl") & rounds["round"].isin([4, 5])
     rounds.loc[close, "accuracy"] = rounds.loc[close, "seed"].map({0: 0.79, 1: 0.815})  # 79.0-81.5 meets 80-82
     summary, _ = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
     assert summary["versus_best"].to_dict() == {"fedavg": "above", "heterofl": "not separable", "neulite": "best"}
     one_seed = dataclasses.replace(suite, rounds=rounds[rounds["seed"] == 0])
     assert summarize(one_seed, TARGET)[0]["versus_best"].to_dict() == {"fedavg": "n/a", "heterofl": "n/a",
                                                                         "neulite": "best"}
+
+
+def test_a_verdict_against_the_best_is_marked_moving_where_either_is_not_at_its_plateau(suite):
+    rounds = settled(suite.rounds)
+    fourth = (rounds["label"] == "heterofl") & (rounds["round"] == 4)
+    rounds.loc[fourth, "accuracy"] -= 0.02  # heterofl rose 2 points into its last round: moving
+    summary, _ = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
+    assert summary["moving"].to_dict() == {"fedavg": False, "heterofl": True, "neulite": False}
+    assert summary["versus_best"].to_dict() == {"fedavg": "above", "heterofl": "below (moving)", "neulite": "best"}
+    best = (rounds["label"] == "neulite") & (rounds["round"] == 4)
+    rounds.loc[best, "accuracy"] += 0.02  # the best fell 2 points: every verdict against it may change
+    summary, _ = summarize(dataclasses.replace(suite, rounds=rounds), TARGET)
+    assert summary["versus_best"].to_dict() == {"fedavg": "above (moving)", "heterofl": "below (moving)",
+                                                "neulite": "best (moving)"}
 
 
 def test_pareto_front_keeps_undominated_points():
@@ -430,7 +453,7 @@ def test_participation_is_the_mean_over_seeds_round_by_round():
 
 
 def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, styles):
-    summary, _ = summarize(suite, TARGET)
+    summary, _ = summarize(dataclasses.replace(suite, rounds=settled(suite.rounds)), TARGET)
     ax = figures.memory_vs_accuracy(summary, styles).axes[0]
     points = {c.get_label(): c.lines[0].get_xydata()[0] for c in ax.containers}
     # at the memory a device needs to take part: the smallest task offered (device 0, seed 0)
@@ -445,6 +468,22 @@ def test_memory_vs_accuracy_marks_the_pareto_front_and_names_every_point(suite, 
     assert list(front.get_xdata()) == pytest.approx([1.5])
     names = {t.get_gid(): t.get_text() for t in ax.texts}
     assert names == {"name fedavg": "fedavg (over budget)", "name heterofl": "heterofl", "name neulite": "neulite"}
+
+
+def test_memory_vs_accuracy_leaves_methods_still_moving_off_the_front(suite, styles):
+    """A front claims a trade-off; an accuracy still rising or falling is no claim yet."""
+    rounds = settled(suite.rounds)
+    fourth = (rounds["label"] == "neulite") & (rounds["round"] == 4)
+    rounds.loc[fourth, "accuracy"] -= 0.02  # neulite, the front's one point, still rising
+    ax = figures.memory_vs_accuracy(summarize(dataclasses.replace(suite, rounds=rounds), TARGET)[0], styles).axes[0]
+    front = next(line for line in ax.get_lines() if (line.get_gid() or "").startswith("pareto"))
+    assert list(front.get_xdata()) == pytest.approx([1.5])  # heterofl, at neulite's memory, is on it now
+    assert [t.get_gid() for t in ax.collections if (t.get_gid() or "").startswith("front")] == ["front heterofl"]
+    assert {t.get_gid(): t.get_text() for t in ax.texts}["name neulite"] == "neulite (moving)"
+    assert "(moving): not at its plateau, so off the front" in ax.get_legend().get_title().get_text()
+    ax = figures.memory_vs_accuracy(summarize(suite, TARGET)[0], styles).axes[0]  # every run still rising
+    assert not [line for line in ax.get_lines() if (line.get_gid() or "").startswith("pareto")]
+    assert "no front: no method within budget is at its plateau" in ax.get_legend().get_title().get_text()
 
 
 def test_the_front_keeps_only_methods_shown_better_than_the_cheaper_ones():
@@ -667,7 +706,7 @@ def test_summary_table_matches_hand_computed_values(rendered):
     assert fedavg["Last round (%)"] == "86.0 (85.0–87.0)" and fedavg["Change over the last 20% (points)"] == "+10.0"
     # the best within budgets is neulite (81%); fedavg ran over budget above it, heterofl's range lies below
     assert [rows[k]["Against the best"] for k in ("fedavg (over budget)", "heterofl", "neulite")] == [
-        "above", "below", "best"]
+        "above (moving)", "below (moving)", "best (moving)"]  # every run still rises into round 5
     assert rows["heterofl"]["Participation (%)"] == "75.0" and rows["heterofl"]["Fleet that fits (%)"] == "100.0"
     assert rows["neulite"]["Fleet that fits (%)"] == "85.0"  # 4, 4, 3, 3, 3 of 4 devices
     assert rows["neulite"]["Seeds"] == "2 (min–max range)" and rows["neulite"]["Rounds"] == "5"
@@ -909,7 +948,7 @@ def test_compared_suites_draw_a_panel_each_and_a_front_each_when_unlike(tmp_path
         assert {title: sorted(p["own"]) for title, p in drawn.items()} == {
             "cnn-suite": ["cnn-suite/heterofl", "cnn-suite/neulite"],
             "resnet-suite": ["resnet-suite/heterofl", "resnet-suite/neulite"]}
-    summary, _ = summarize(suite, TARGET)
+    summary, _ = summarize(dataclasses.replace(suite, rounds=settled(suite.rounds)), TARGET)
     ax = figures.memory_vs_accuracy(summary, styles, suite.suites).axes[0]
     fronts = {line.get_gid(): list(line.get_xdata()) for line in ax.get_lines()
               if (line.get_gid() or "").startswith("pareto")}
