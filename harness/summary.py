@@ -29,7 +29,7 @@ def summary_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     suite = load_suite(folder)
     target = suite.targets[0]  # the time to target is not among the columns
     summary, _ = summarize(suite, target)
-    moving = [label for label, change in summary["change"].items() if abs(change) > PLATEAU]
+    moving = list(summary.index[summary["moving"]])
     notes = [f"not at a plateau (moved more than {100 * PLATEAU:.1f} points over the last 20% of their evaluated "
              f"rounds; more rounds would change their accuracy): {', '.join(moving)}"] if moving else []
     return display(summary, target)[COLUMNS], notes

@@ -431,9 +431,11 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
                         textcoords="data", ha=align, va="bottom", fontsize="x-small", color=style["color"],
                         gid=f"name {label}",  # above its bar
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
+    frontless = []
     for k, name in enumerate(np.unique(group_of)):
         front = points[on_front & (group_of == name)].sort_values("task_min_mb")
         if front.empty:
+            frontless.append(name)
             continue
         ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linewidth=1.2,
                 linestyle=(":", "-.", "--", (0, (1, 3)))[k % 4], gid=f"pareto {name}".strip(),
@@ -445,7 +447,8 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
     bars = interval_note(points["seeds"]) if "seeds" in points else None
     notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None,
              "(moving): not at its plateau, so off the front" if moving.any() else None,
-             "no front: no method within budget is at its plateau" if not on_front.any() else None]
+             *(f"no front{f' of {name}' if name else ''}: no method within budget at its plateau"
+               for name in frontless)]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 

@@ -189,7 +189,7 @@ def summarize(suite: Suite, target: float) -> tuple[pd.DataFrame, list[str]]:
     speedups = pd.DataFrame([_speedup(summary, label, ref, whole) for label, ref in summary["reference"].items()],
                             index=summary.index, columns=["speedup", "speedup_lo", "speedup_hi"])
     summary = summary.drop(columns="ttt_seeds").join(speedups)
-    summary["moving"] = summary["change"].abs() > PLATEAU  # not at its plateau (nan: too few rounds to tell)
+    summary["moving"] = summary["change"].abs() > PLATEAU  # not at its plateau; False where change is nan
     summary["versus_best"] = _versus_best(summary)
     timed = summary["reached"].notna() & (summary["seeds"] > 0)  # labels whose records carry device time
     none_reached = bool(timed.any()) and bool((summary.loc[timed, "reached"] == 0).all())
