@@ -386,8 +386,9 @@ def separated_front(x: np.ndarray, low: np.ndarray, high: np.ndarray, on_front: 
 def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, str] | None = None) -> Figure | None:
     """Accuracy (each seed's last tenth of rounds) against the memory a device needs to take part
     (the method's smallest task), a bar to its largest task; the front joins the methods no other
-    beats whose intervals separate, of those at their plateau (a moving accuracy is no trade-off
-    yet: such a point is named "(moving)" and left off the front); with ``fronts`` (label -> suite:
+    beats whose intervals separate, drawn only when every method within budget is at its plateau
+    (one still moving, named "(moving)", could beat or fall below any point of it with more rounds,
+    so a front then claims more than the records hold); with ``fronts`` (label -> suite:
     suites on different data or models compared) one front per suite, since a front across them
     would trade unlike things.
     Every point sits at its own values (none is moved along an axis to make room) and is named;
@@ -405,10 +406,13 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
     low, high = points["final_lo"].fillna(points["final"]), points["final_hi"].fillna(points["final"])
     group_of = np.array([fronts[label] if fronts else "" for label in labels])
     on_front = np.zeros(len(labels), dtype=bool)
+    unsettled = {}  # suite -> methods within budget still moving: its front would not hold
     for name in np.unique(group_of):
-        own = (group_of == name) & feasible & ~moving  # over budget or still moving: no trade-off
-        on_front |= separated_front(x, low.to_numpy(float), high.to_numpy(float),
-                                    pareto_front(np.where(own, x, np.nan), y))
+        own = (group_of == name) & feasible  # over budget: no trade-off
+        unsettled[name] = int((own & moving).sum())
+        if own.any() and not unsettled[name]:
+            on_front |= separated_front(x, low.to_numpy(float), high.to_numpy(float),
+                                        pareto_front(np.where(own, x, np.nan), y))
     pad = 0.05 * max(high.max() - low.min(), 0.05)
     ax.set_xlim(x.min() - 0.08 * span, largest.max() + 0.35 * span)
     ax.set_ylim(max(low.min() - pad, 0.0), min(high.max() + pad, 1.02))
@@ -431,11 +435,9 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
                         textcoords="data", ha=align, va="bottom", fontsize="x-small", color=style["color"],
                         gid=f"name {label}",  # above its bar
                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
-    frontless = []
     for k, name in enumerate(np.unique(group_of)):
         front = points[on_front & (group_of == name)].sort_values("task_min_mb")
         if front.empty:
-            frontless.append(name)
             continue
         ax.step(front["task_min_mb"], front["final"], where="post", color="0.3", linewidth=1.2,
                 linestyle=(":", "-.", "--", (0, (1, 3)))[k % 4], gid=f"pareto {name}".strip(),
@@ -446,9 +448,9 @@ def memory_vs_accuracy(summary: pd.DataFrame, styles: dict, fronts: dict[str, st
            ylabel="Test accuracy (last 10% of rounds)", title="Memory against accuracy (up and left is better)")
     bars = interval_note(points["seeds"]) if "seeds" in points else None
     notes = ["hollow: ran over budget" if not feasible.all() else None, f"error bars: {bars}" if bars else None,
-             "(moving): not at its plateau, so off the front" if moving.any() else None,
-             *(f"no front{f' of {name}' if name else ''}: no method within budget at its plateau"
-               for name in frontless)]
+             "(moving): not at its plateau" if moving.any() else None,
+             *(f"no front{f' of {name}' if name else ''}: {count} within budget not at their plateau"
+               for name, count in unsettled.items() if count)]
     outside_legend(ax, title="\n".join(n for n in notes if n) or None)
     return fig
 

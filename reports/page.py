@@ -43,10 +43,10 @@ FIGURES = {
                            "(its smallest task's estimated peak; the horizontal bar reaches its largest task), "
                            "every point at its own values and labelled. The dotted front joins the methods "
                            "whose mean no other beats on both, keeping only those whose interval lies above "
-                           "the cheaper front method's (a costlier method not shown better is left off), "
-                           "and only methods at their plateau: one still moving is named '(moving)' and left "
-                           "off, since more rounds would move it. Hollow: a method that ran over its clients' "
-                           "budgets."),
+                           "the cheaper front method's (a costlier method not shown better is left off). It "
+                           "is drawn only when every method within budget is at its plateau: one still moving "
+                           "(named '(moving)') could yet beat a front point or fall below it. Hollow: a method "
+                           "that ran over its clients' budgets."),
     "neulite_stage_memory": ("NeuLite: memory per stage",
                              "Highest measured tensor peak per NeuLite stage, stacked by category."),
     "neulite_stage_accuracy": ("NeuLite: accuracy per stage",
