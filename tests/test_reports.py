@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,6 +191,13 @@ def table_rows(markdown: str) -> dict[str, dict[str, str]]:
 
 def mean_over_seeds(values) -> float:
     return float(np.mean(list(values)))
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Tests read figures' artists and drop them; pyplot keeps each open until it is closed."""
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
