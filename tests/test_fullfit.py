@@ -164,7 +164,8 @@ def test_a_suite_records_each_clients_setting_and_measures_what_it_estimated(tmp
         assert all(c["estimate"]["peak"] > c["budget"] for c in clients if c["status"] == "excluded")
 
 
-@pytest.mark.parametrize("name", sorted(METHODS.names()))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "depthfl" else n
+                                  for n in sorted(METHODS.names())])  # depthfl's takes half a minute
 def test_every_step_starts_alike_so_the_peak_batches_give_the_peak(name):
     """The optimizer's state is made with the task and no step keeps anything for the next, so a
     client's steps all start from the same state, and a step peaks higher with a larger batch unless

@@ -85,7 +85,8 @@ SUITE = dict(methods=[{"method": "fedavg"}, {"method": "neulite"}], seeds=[0, 1]
 
 
 @pytest.mark.parametrize("how", [{"executor": "ray"}, {"ray": {"client_workers": 2}},
-                                 {"executor": "ray", "ray": {"client_workers": 1}}],
+                                 pytest.param({"executor": "ray", "ray": {"client_workers": 1}},
+                                              marks=pytest.mark.slow)],  # each half is in the default run
                          ids=["runs", "clients", "both"])
 def test_ray_gives_the_local_records(tmp_path, one_thread, how):
     local = run_suite(tiny_suite(**SUITE), tmp_path / "local", log=quiet)
