@@ -229,6 +229,7 @@ def _versus_best(summary: pd.DataFrame) -> list[str]:
         return [NO_INTERVAL] * len(summary)
     best = feasible["final"].idxmax()
     top = (summary.loc[best, "final_lo"], summary.loc[best, "final_hi"])
+    best_moving = summary.loc[best, "moving"]
     out = []
     for label, row in summary.iterrows():
         if label == best:
@@ -240,7 +241,7 @@ def _versus_best(summary: pd.DataFrame) -> list[str]:
             verdict = NOT_SEPARABLE
         else:
             verdict = ABOVE if row["final"] > summary.loc[best, "final"] else BELOW
-        out.append(verdict + (MOVING if row["moving"] or summary.loc[best, "moving"] else ""))
+        out.append(verdict + (MOVING if row["moving"] or best_moving else ""))
     return out
 
 
